@@ -1,0 +1,128 @@
+"""The store interface: what the broker keeps, independent of the database.
+
+Secrets are never stored in the clear: login states, authorization codes and
+access tokens are looked up by their SHA-256 digest (see :func:`digest`), so a
+leaked database cannot be replayed against the broker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class StorageError(Exception):
+    """The database failed (unreachable, locked, broken). Maps to 503 upstream."""
+
+
+def digest(secret: str) -> str:
+    """Lookup key for a high-entropy secret (state, code, token): hex SHA-256.
+
+    A plain hash suffices because every such value carries >= 256 random bits;
+    a password hash would only slow the token endpoint down (DESIGN.md).
+    """
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """A registered relying party as stored (the secret only as a digest)."""
+
+    client_id: str
+    secret_digest: str | None
+    metadata: Mapping[str, Any]
+    source: str = "config"
+
+
+@dataclass(frozen=True)
+class LoginTransaction:
+    """A pending QQ login: the relying party's validated request, keyed by our upstream state."""
+
+    state_digest: str
+    client_id: str
+    request_params: Mapping[str, str]
+    browser_digest: str
+    created_at: int
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class AuthorizationCodeRecord:
+    """An issued authorization code and everything the token step must check (RFC 6749 §4.1.3)."""
+
+    code_digest: str
+    client_id: str
+    redirect_uri: str
+    scope: str
+    user_id: str
+    auth_time: int
+    expires_at: int
+    nonce: str | None = None
+    code_challenge: str | None = None
+    code_challenge_method: str | None = None
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An issued access token (opaque, stored as a digest)."""
+
+    token_digest: str
+    client_id: str
+    user_id: str
+    scope: str
+    issued_at: int
+    expires_at: int
+    auth_time: int
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What the broker knows of a QQ user: ids and the last known profile."""
+
+    user_id: str  # the QQ OpenID for this app
+    unionid: str | None
+    profile: Mapping[str, Any] = field(default_factory=dict)
+    updated_at: int = 0
+
+
+class Store(Protocol):
+    """Storage operations the broker needs; every backend passes the same conformance tests."""
+
+    def create_schema(self) -> None: ...
+
+    def sync_clients(self, clients: Sequence[ClientRecord]) -> None:
+        """Make the config-sourced clients exactly ``clients`` (others untouched)."""
+
+    def get_client(self, client_id: str) -> ClientRecord | None: ...
+
+    def create_login(self, tx: LoginTransaction) -> None: ...
+
+    def consume_login(self, state_digest: str) -> LoginTransaction | None:
+        """Atomically mark a login used and return it; None if unknown or already used.
+
+        Expiry is left to the caller so it can tell the user which one happened.
+        """
+
+    def save_code(self, code: AuthorizationCodeRecord) -> None: ...
+
+    def consume_code(self, code_digest: str, now: int) -> AuthorizationCodeRecord | None:
+        """Atomically redeem a code: exactly one caller gets it, and only before it expires."""
+
+    def save_token(self, token: TokenRecord) -> None: ...
+
+    def get_token(self, token_digest: str) -> TokenRecord | None: ...
+
+    def upsert_user(self, user: UserRecord) -> None: ...
+
+    def get_user(self, user_id: str) -> UserRecord | None: ...
+
+    def purge_expired(self, now: int) -> int:
+        """Delete expired logins, codes and tokens; returns how many rows went."""
+
+    def ping(self) -> None:
+        """Raise StorageError unless the database answers."""
+
+    def close(self) -> None: ...

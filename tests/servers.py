@@ -1,0 +1,56 @@
+"""Run WSGI apps as real HTTP servers on 127.0.0.1 for integration tests.
+
+A served app listens on an ephemeral port in a daemon thread, using the same
+production server (waitress) that ``qq-oidc-broker serve`` uses, so tests talk
+real HTTP with real sockets, headers and keep-alive.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from waitress.server import create_server
+
+
+@dataclass
+class ServedApp:
+    """A WSGI app listening on 127.0.0.1; ``url`` has no trailing slash."""
+
+    url: str
+    port: int
+    server: Any
+
+    def stop(self) -> None:
+        self.server.close()
+
+
+def serve(app: Any, port: int = 0, threads: int = 8) -> ServedApp:
+    """Start ``app`` on 127.0.0.1:``port`` (0 picks a free port) in a thread."""
+    server = create_server(app, host="127.0.0.1", port=port, threads=threads)
+    bound = server.effective_port  # type: ignore[union-attr]
+    thread = threading.Thread(target=server.run, daemon=True, name=f"serve-{bound}")
+    thread.start()
+    return ServedApp(url=f"http://127.0.0.1:{bound}", port=int(bound), server=server)
+
+
+@contextmanager
+def serving(app: Any, port: int = 0) -> Iterator[ServedApp]:
+    """Context manager form of :func:`serve`."""
+    served = serve(app, port)
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for apps whose URL must be known before they start)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
