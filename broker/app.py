@@ -1,0 +1,109 @@
+"""``create_app``: the one place where config, keys, storage, connector and web meet."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask, g, request
+
+from broker.config import Config
+from broker.connectors.base import Connector
+from broker.connectors.qq import QQConnector
+from broker.keys import KeyRing, load_or_create_secret
+from broker.oidc.models import Client
+from broker.oidc.provider import Provider
+from broker.oidc.server import ProviderContext
+from broker.storage import ClientRecord, SQLStore, Store
+from broker.storage.base import digest
+from broker.web.errors import register_error_handlers
+from broker.web.routes import bp
+from broker.web.security import add_security_headers
+
+log = logging.getLogger("broker")
+
+#: DO-01: bodies larger than this are refused with 413 before any parsing.
+MAX_CONTENT_LENGTH = 64 * 1024
+
+
+class StartupError(Exception):
+    """The broker cannot start: one line for the operator, no traceback."""
+
+
+def create_app(
+    config: Config, *, connector: Connector | None = None, store: Store | None = None
+) -> Flask:
+    """Build the broker. ``connector`` and ``store`` are injectable for tests of other upstreams."""
+    keyring = KeyRing.load_or_create(config.keys.dir, config.keys.algorithms)
+    secret_key = config.secret_key or load_or_create_secret(config.keys.dir, "secret_key").hex()
+    salt = (
+        config.pairwise_salt.encode()
+        if config.pairwise_salt
+        else load_or_create_secret(config.keys.dir, "pairwise_salt")
+    )
+    store = store or SQLStore(config.storage.url)
+    store.create_schema()
+    store.sync_clients([_client_record(c) for c in config.clients])
+    qq = config.upstream.qq
+    connector = connector or QQConnector(
+        app_id=qq.app_id, app_key=qq.app_key, base_url=qq.base_url, scope=qq.scope
+    )
+    clients = {c.client_id: Client(c) for c in config.clients}
+    ctx = ProviderContext(
+        config=config, store=store, keyring=keyring, clients=clients, pairwise_salt=salt
+    )
+
+    app = Flask("broker", static_folder=None)
+    app.config.update(
+        SECRET_KEY=secret_key,
+        MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=not config.is_development,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["qq_oidc_broker"] = Provider(ctx, connector)
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    app.before_request(_assign_request_id)
+    app.after_request(add_security_headers)
+    app.wsgi_app = _canonical_scheme(app.wsgi_app, config.issuer)  # type: ignore[method-assign]
+    return app
+
+
+def _client_record(client: Any) -> ClientRecord:
+    secret = client.client_secret
+    metadata = {
+        "redirect_uris": list(client.redirect_uris),
+        "token_endpoint_auth_method": client.token_endpoint_auth_method,
+        "grant_types": list(client.grant_types),
+    }
+    return ClientRecord(client.client_id, digest(secret) if secret else None, metadata, "config")
+
+
+def _assign_request_id() -> None:
+    supplied = request.headers.get("X-Request-ID", "")
+    ok = 0 < len(supplied) <= 64 and supplied.replace("-", "").isalnum()
+    g.request_id = supplied if ok else secrets.token_hex(8)
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def _canonical_scheme(wsgi_app: WSGIApp, issuer: str) -> WSGIApp:
+    """Requests arrive with the issuer's scheme, whatever the proxy in front says.
+
+    URLs are always built from the configured issuer, never from Host or
+    X-Forwarded-*; this only keeps Authlib's transport check (which reads the
+    request URL) from refusing requests that a TLS proxy forwards over http.
+    """
+    scheme = issuer.split(":", 1)[0]
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        environ["wsgi.url_scheme"] = scheme
+        return wsgi_app(environ, start_response)
+
+    return app

@@ -1,0 +1,232 @@
+"""The ``qq-oidc-broker`` command (DESIGN.md "Command line").
+
+Exit status: 0 success, 1 a check failed, 2 bad usage or config. Every
+failure the operator can fix is one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from broker.config import Config, ConfigError, load_config, parse_config, resolve_config_path
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("broker.cli")
+
+
+class UsageError(Exception):
+    """Bad arguments or a broker that cannot start: exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        result: int = args.handler(args)
+        return result
+    except (ConfigError, UsageError) as err:
+        print(f"qq-oidc-broker: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qq-oidc-broker", description="Login with QQ behind any OpenID Connect relying party."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the production server")
+    _config_option(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    check = commands.add_parser("check", help="validate the config and exit")
+    _config_option(check)
+    check.set_defaults(handler=cmd_check)
+
+    dev = commands.add_parser("dev", help="broker + QQ emulator + demo relying party on 127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000, help="broker port [8000]")
+    dev.add_argument("--emulator-port", type=int, default=8001, help="QQ emulator port [8001]")
+    dev.add_argument("--demo-port", type=int, default=9000, help="demo relying party port [9000]")
+    dev.add_argument("--data-dir", default="dev-data", help="SQLite and keys [./dev-data]")
+    dev.set_defaults(handler=cmd_dev)
+
+    emulator = commands.add_parser("emulator", help="run the QQ Connect emulator alone")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8001)
+    emulator.add_argument("--users", help="YAML file of test users")
+    emulator.add_argument("--config", help="take app id, key and callback from this broker config")
+    emulator.add_argument("--app-id")
+    emulator.add_argument("--app-key")
+    emulator.add_argument(
+        "--callback", action="append", help="registered callback URL (repeatable)"
+    )
+    emulator.set_defaults(handler=cmd_emulator)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="config file [$BROKER_CONFIG, else ./config.yaml]")
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(resolve_config_path(args.config))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    mode = "development" if config.is_development else "production"
+    print(f"{config.source}: OK ({mode}, issuer {config.issuer}, {len(config.clients)} client(s))")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    app = _build_app(config)
+    from waitress import serve
+
+    log.info(
+        "qq-oidc-broker serving %s on %s:%d", config.issuer, config.server.host, config.server.port
+    )
+    serve(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        threads=config.server.threads,
+        ident="qq-oidc-broker",
+    )
+    return EXIT_OK
+
+
+def _build_app(config: Config) -> Any:
+    from broker.app import create_app
+    from broker.keys import KeyFileError
+    from broker.storage import StorageError
+
+    try:
+        return create_app(config)
+    except (KeyFileError, StorageError) as err:
+        raise UsageError(str(err)) from err
+
+
+def dev_config(
+    data_dir: Path, port: int, emulator_port: int, demo_port: int, app_key: str, demo_secret: str
+) -> Config:
+    """Embedded defaults for ``dev``: everything on 127.0.0.1, the emulator as QQ."""
+    return parse_config(
+        {
+            "issuer": f"http://127.0.0.1:{port}",
+            "server": {"host": "127.0.0.1", "port": port},
+            "storage": {"url": "sqlite:///broker.sqlite3"},
+            "keys": {"dir": "keys"},
+            "upstream": {
+                "qq": {
+                    "app_id": "101000001",
+                    "app_key": app_key,
+                    "base_url": f"http://127.0.0.1:{emulator_port}",
+                }
+            },
+            "rate_limits": {"enabled": False},
+            "clients": [
+                {
+                    "client_id": "demo",
+                    "client_secret": demo_secret,
+                    "redirect_uris": [f"http://127.0.0.1:{demo_port}/callback"],
+                }
+            ],
+        },
+        source="<dev defaults>",
+        base_dir=data_dir,
+    )
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from waitress import serve
+
+    from broker.emulator import EmulatorSettings, create_emulator_app
+    from broker.web.demo import create_demo_app
+
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app_key, demo_secret = secrets.token_hex(16), secrets.token_urlsafe(32)
+    config = dev_config(
+        data_dir, args.port, args.emulator_port, args.demo_port, app_key, demo_secret
+    )
+    qq = config.upstream.qq
+    emulator = create_emulator_app(
+        EmulatorSettings(
+            app_id=qq.app_id, app_key=qq.app_key, callbacks=[f"{config.issuer}/qq/callback"]
+        )
+    )
+    demo = create_demo_app(config.issuer, "demo", demo_secret, config.clients[0].redirect_uris[0])
+    broker = _build_app(config)
+    for app, port in ((emulator, args.emulator_port), (demo, args.demo_port)):
+        threading.Thread(
+            target=serve,
+            args=(app,),
+            kwargs={"host": "127.0.0.1", "port": port, "threads": 4},
+            daemon=True,
+        ).start()
+    print(
+        "\nqq-oidc-broker dev mode\n"
+        f"  Open the demo:      http://127.0.0.1:{args.demo_port}/\n"
+        f"  Broker (issuer):    {config.issuer}\n"
+        f"  Discovery:          {config.issuer}/.well-known/openid-configuration\n"
+        f"  QQ emulator:        {qq.base_url}\n"
+        f"  Data (SQLite, keys): {data_dir}\n",
+        flush=True,
+    )
+    serve(broker, host="127.0.0.1", port=args.port, threads=8)
+    return EXIT_OK
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from waitress import serve
+
+    from broker.emulator import EmulatorSettings, create_emulator_app, default_users, load_users
+
+    app_id, app_key, callbacks = args.app_id, args.app_key, list(args.callback or [])
+    if args.config or not (app_id and app_key):
+        try:
+            config = load_config(resolve_config_path(args.config))
+        except ConfigError:
+            if not (app_id and app_key):
+                raise UsageError(
+                    "emulator needs --app-id and --app-key, or a config (--config / BROKER_CONFIG)"
+                ) from None
+            config = None
+        if config is not None:
+            app_id = app_id or config.upstream.qq.app_id
+            app_key = app_key or config.upstream.qq.app_key
+            callbacks = callbacks or [f"{config.issuer}/qq/callback"]
+    if not callbacks:
+        raise UsageError("emulator needs at least one --callback URL (or a config to take it from)")
+    try:
+        users = load_users(Path(args.users)) if args.users else default_users()
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--users: {err}") from err
+    app = create_emulator_app(
+        EmulatorSettings(app_id=app_id, app_key=app_key, callbacks=callbacks, users=users)
+    )
+    print(
+        f"QQ emulator on http://{args.host}:{args.port} "
+        f"(app id {app_id}; callbacks: {', '.join(callbacks)})",
+        flush=True,
+    )
+    serve(app, host=args.host, port=args.port, threads=8)
+    return EXIT_OK

@@ -1,0 +1,60 @@
+"""OpenID Provider metadata (OIDC Discovery 1.0 §3, RFC 8414 §2).
+
+Every ``*_supported`` list says exactly what the endpoints accept: relying
+parties configure themselves from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authlib.oidc.discovery import OpenIDProviderMetadata
+
+from broker.config import Config
+
+BASE_CLAIMS = ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "azp"]
+PROFILE_CLAIMS = ["name", "nickname", "picture"]
+
+
+def provider_metadata(config: Config) -> dict[str, Any]:
+    """The discovery document, validated by Authlib so a mistake fails at start, not in an RP."""
+    issuer = config.issuer
+    subject_types = ["public"]
+    if any(client.subject == "pairwise" for client in config.clients):
+        subject_types.append("pairwise")
+    claims = BASE_CLAIMS + PROFILE_CLAIMS
+    if any(client.email == "synthetic" for client in config.clients):
+        claims += ["email", "email_verified"]
+    if config.claims.gender:
+        claims.append("gender")
+    if any(client.expose_qq_ids for client in config.clients):
+        claims += ["qq_openid", "qq_unionid"]
+    metadata = OpenIDProviderMetadata(
+        {
+            "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/authorize",
+            "token_endpoint": f"{issuer}/token",
+            "userinfo_endpoint": f"{issuer}/userinfo",
+            "jwks_uri": f"{issuer}/jwks.json",
+            "scopes_supported": ["openid", "profile", "email"],
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code"],
+            "subject_types_supported": subject_types,
+            "id_token_signing_alg_values_supported": list(config.keys.algorithms),
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "none",
+            ],
+            "claims_supported": claims,
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
+            "claims_parameter_supported": False,
+            "request_parameter_supported": False,
+            "request_uri_parameter_supported": False,
+            "ui_locales_supported": ["zh-CN", "en"],
+        }
+    )
+    metadata.validate()
+    return dict(metadata)

@@ -1,0 +1,265 @@
+"""The OpenID provider facade: what the web layer calls.
+
+It validates the relying party's authorization request, parks it while the
+user logs in at QQ, and finishes it through Authlib once QQ has told us who
+the user is. The token and userinfo endpoints are Authlib's.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from authlib.oauth2 import OAuth2Error
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Request
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from flask import Response, jsonify
+
+from broker.connectors.base import Connector, Identity, UpstreamError
+from broker.oidc.claims import stored_profile
+from broker.oidc.discovery import provider_metadata
+from broker.oidc.errors import BadAuthorizationRequest, error_redirect_uri, safe_description
+from broker.oidc.models import Client, EndUser
+from broker.oidc.server import BrokerAuthorizationServer, ProviderContext
+from broker.storage.base import LoginTransaction, UserRecord, digest
+
+log = logging.getLogger("broker.oidc")
+
+#: RFC 6749 §3.1: these must not repeat (Authlib checks only five of them).
+SINGLE_VALUED = (
+    "client_id", "redirect_uri", "response_type", "scope", "state", "nonce", "code_challenge",
+    "code_challenge_method", "prompt", "max_age", "id_token_hint", "request", "request_uri",
+    "response_mode", "login_hint", "ui_locales", "display", "claims", "acr_values",
+)  # fmt: skip
+#: Bounds on what a pending login may carry (stored server-side until QQ answers).
+MAX_PARAM_CHARS = 2048
+MAX_PARAMS = 40
+
+
+@dataclass(frozen=True)
+class LoginStart:
+    """Where to send the browser (QQ's authorize page) for a validated request."""
+
+    upstream_url: str
+
+
+@dataclass(frozen=True)
+class RedirectToClient:
+    """An authorization response (success or error) for the relying party."""
+
+    location: str
+
+
+class Provider:
+    """The OpenID provider: Authlib's server plus the QQ login in the middle."""
+
+    def __init__(self, ctx: ProviderContext, connector: Connector) -> None:
+        self.ctx = ctx
+        self.connector = connector
+        self.server = BrokerAuthorizationServer(ctx)
+        self.callback_url = f"{ctx.config.issuer}/qq/callback"
+        self.metadata = provider_metadata(ctx.config)
+
+    # -- /authorize ------------------------------------------------------------
+
+    def start_login(self, browser_secret: str) -> LoginStart | RedirectToClient:
+        """Validate the current /authorize request and park it for the QQ round trip."""
+        request = self.server.create_oauth2_request(None)
+        client, redirect_uri = self._verified_client_and_redirect(request)
+        state = request.payload.state
+        try:
+            self._check_parameters(request)
+            self.server.get_consent_grant(end_user=None)
+        except OAuth2Error as err:
+            return self._error(redirect_uri, err.error, err.description or err.error, state)
+        except ValueError:
+            # Authlib refuses descriptions that echo unsafe request input.
+            return self._error(redirect_uri, "invalid_request", "Malformed request.", state)
+
+        now = int(time.time())
+        upstream_state = _new_state()
+        self.ctx.store.create_login(
+            LoginTransaction(
+                state_digest=digest(upstream_state),
+                client_id=client.client_id,
+                request_params=dict(request.payload.data),
+                browser_digest=digest(browser_secret),
+                created_at=now,
+                expires_at=now + self.ctx.config.lifetimes.login,
+            )
+        )
+        display = "mobile" if request.payload.data.get("display") in {"touch", "wap"} else None
+        url = self.connector.authorization_url(
+            redirect_uri=self.callback_url, state=upstream_state, display=display
+        )
+        return LoginStart(url)
+
+    def _verified_client_and_redirect(self, request: OAuth2Request) -> tuple[Client, str]:
+        """RFC 6749 §4.1.2.1: without a known client and registered URI, never redirect."""
+        datalist = request.payload.datalist
+        for name in ("client_id", "redirect_uri"):
+            if len(datalist.get(name, [])) > 1:
+                raise BadAuthorizationRequest("duplicate_parameter", f"'{name}' was sent twice.")
+        client_id = request.payload.client_id
+        if not client_id:
+            raise BadAuthorizationRequest("missing_client", "The request has no client_id.")
+        client = self.server.query_client(client_id)
+        if client is None:
+            raise BadAuthorizationRequest("unknown_client", "The client_id is not registered.")
+        redirect_uri = request.payload.redirect_uri
+        if not redirect_uri:
+            # OIDC Core §3.1.2.1: redirect_uri is required.
+            raise BadAuthorizationRequest(
+                "missing_redirect_uri", "The request has no redirect_uri."
+            )
+        if not client.check_redirect_uri(redirect_uri):
+            raise BadAuthorizationRequest(
+                "unregistered_redirect_uri", "The redirect_uri is not registered for this client."
+            )
+        return client, redirect_uri
+
+    def _check_parameters(self, request: OAuth2Request) -> None:
+        """Refuse duplicated and oversized parameters before anything is stored."""
+        datalist = request.payload.datalist
+        for name in SINGLE_VALUED:
+            if len(datalist.get(name, [])) > 1:
+                raise InvalidRequestError(f"Multiple '{name}' in request.")
+        if len(datalist) > MAX_PARAMS:
+            raise InvalidRequestError("Too many parameters.")
+        for name, values in datalist.items():
+            if len(name) > 64 or any(len(v) > MAX_PARAM_CHARS for v in values):
+                raise InvalidRequestError(f"Parameter '{name[:64]}' is too long.")
+        if "request" in datalist or "request_uri" in datalist:
+            # OIDC Core §6.1/§6.2: not supported, and never fetched (no SSRF).
+            raise _RequestObjectsUnsupported("request" in datalist)
+
+    # -- /qq/callback ------------------------------------------------------------
+
+    def finish_login(
+        self, args: Mapping[str, list[str]], browser_secret: str | None
+    ) -> Response | RedirectToClient:
+        """Check the callback, make the QQ calls, and answer the relying party."""
+        tx = self._take_login(args, browser_secret)
+        params = tx.request_params
+        redirect_uri, rp_state = params["redirect_uri"], params.get("state")
+        client = self.ctx.clients.get(tx.client_id)
+        if client is None:
+            raise BadAuthorizationRequest("unknown_client", "The client is no longer registered.")
+        want_unionid = (client.config.subject or self.ctx.config.upstream.qq.subject) == "unionid"
+        try:
+            flat = {key: values[0] for key, values in args.items() if values}
+            code = self.connector.parse_callback(flat)
+            identity = self.connector.exchange(
+                code=code, redirect_uri=self.callback_url, want_unionid=want_unionid
+            )
+        except UpstreamError as err:
+            log.warning(
+                "QQ login failed: %s (client=%s, qq_code=%s, qq_message=%s)",
+                err.hint, tx.client_id, err.upstream_code, err.upstream_message,
+            )  # fmt: skip
+            return self._error(redirect_uri, err.oauth_error, _describe(err), rp_state)
+        if want_unionid and not identity.unionid:
+            return self._error(redirect_uri, "server_error", "QQ returned no UnionID.", rp_state)
+        user = self._remember(identity)
+        request = OAuth2Request("GET", f"{self.ctx.config.issuer}/authorize")
+        request.payload = BasicOAuth2Payload(dict(params))
+        grant = self.server.get_authorization_grant(request)
+        response: Response = self.server.create_authorization_response(
+            request=request, grant_user=user, grant=grant
+        )
+        return response
+
+    def _take_login(
+        self, args: Mapping[str, list[str]], browser_secret: str | None
+    ) -> LoginTransaction:
+        for name in ("state", "code"):
+            if len(args.get(name, [])) > 1:
+                raise BadAuthorizationRequest("callback_duplicate", f"'{name}' was sent twice.")
+        state = (args.get("state") or [""])[0]
+        if not state or len(state) > 128:
+            raise BadAuthorizationRequest("callback_no_state", "The callback has no valid state.")
+        tx = self.ctx.store.consume_login(digest(state))
+        if tx is None:
+            raise BadAuthorizationRequest(
+                "login_unknown", "This login is unknown or was already completed."
+            )
+        if tx.expires_at <= int(time.time()):
+            raise BadAuthorizationRequest("login_expired", "This login has expired.")
+        if not browser_secret or digest(browser_secret) != tx.browser_digest:
+            # RFC 9700 §4.7: the callback must come back to the browser that started the login.
+            raise BadAuthorizationRequest(
+                "login_other_browser", "This login was started in another browser."
+            )
+        return tx
+
+    def _remember(self, identity: Identity) -> EndUser:
+        now = int(time.time())
+        profile = stored_profile(identity.nickname, identity.picture, identity.profile)
+        self.ctx.store.upsert_user(UserRecord(identity.openid, identity.unionid, profile, now))
+        return EndUser(identity.openid, identity.unionid, profile, auth_time=now)
+
+    def _error(
+        self, redirect_uri: str, error: str, description: str, state: str | None
+    ) -> RedirectToClient:
+        return RedirectToClient(
+            error_redirect_uri(
+                redirect_uri,
+                error=error,
+                description=description,
+                state=state,
+                issuer=self.ctx.config.issuer,
+            )
+        )
+
+    # -- /token, /userinfo ---------------------------------------------------------
+
+    def token_response(self) -> Response:
+        try:
+            response: Response = self.server.create_token_response()
+        except ValueError:
+            response = _json_error("invalid_request", "Malformed request.", 400)
+        return response
+
+    def userinfo_response(self) -> Response:
+        try:
+            response: Response = self.server.create_endpoint_response("userinfo")
+        except ValueError:
+            response = _json_error("invalid_request", "Malformed request.", 400)
+        return response
+
+    def jwks(self) -> dict[str, Any]:
+        return self.ctx.keyring.jwks()
+
+
+class _RequestObjectsUnsupported(OAuth2Error):  # type: ignore[misc]
+    """OIDC Core §6: request / request_uri are refused with their own error codes."""
+
+    def __init__(self, by_value: bool) -> None:
+        super().__init__(description="Request objects are not supported.")
+        self.error = "request_not_supported" if by_value else "request_uri_not_supported"
+
+
+def _describe(err: UpstreamError) -> str:
+    """An ASCII description for the relying party; QQ's own (often Chinese) text goes to the log."""
+    described = {
+        "access_denied": "The user cancelled the QQ login.",
+        "temporarily_unavailable": "QQ is unavailable; try again later.",
+    }
+    return safe_description(described.get(err.oauth_error, "The QQ login failed."))
+
+
+def _new_state() -> str:
+    """UP-01: a fresh 256-bit upstream state per login, never a constant."""
+    return secrets.token_urlsafe(32)
+
+
+def _json_error(error: str, description: str, status: int) -> Response:
+    response = jsonify({"error": error, "error_description": description})
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response

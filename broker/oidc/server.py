@@ -1,0 +1,135 @@
+"""The Authlib authorization server, wired to the broker's store, keys and claims."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2.rfc6749 import OAuth2Request
+from authlib.oauth2.rfc6750 import BearerTokenGenerator, BearerTokenValidator
+from authlib.oauth2.rfc9207 import IssuerParameter
+from authlib.oidc.core import UserInfoEndpoint
+
+from broker.config import Config
+from broker.keys import KeyRing
+from broker.oidc.claims import subject_for, user_claims
+from broker.oidc.grants import (
+    AuthorizationCodeGrant,
+    ClientUser,
+    OpenIDCodeExtension,
+    S256CodeChallenge,
+)
+from broker.oidc.models import AccessToken, Client, EndUser
+from broker.storage.base import Store, TokenRecord, digest
+
+
+@dataclass
+class ProviderContext:
+    """Everything the grants and endpoints need, built once by ``create_app``."""
+
+    config: Config
+    store: Store
+    keyring: KeyRing
+    clients: Mapping[str, Client]
+    pairwise_salt: bytes
+
+    def claims_for(self, principal: ClientUser, scope: str) -> dict[str, Any]:
+        client = principal.client.config
+        subject = subject_for(
+            client, principal.user, self.config.upstream.qq.subject, self.pairwise_salt
+        )
+        return user_claims(
+            client=client,
+            user=principal.user,
+            scope=scope,
+            subject=subject,
+            claims_config=self.config.claims,
+        )
+
+
+class BrokerIssuerParameter(IssuerParameter):  # type: ignore[misc]
+    """RFC 9207 §2: ``iss`` on every authorization response."""
+
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+
+    def get_issuer(self) -> str:
+        return self.issuer
+
+
+class BrokerBearerTokenValidator(BearerTokenValidator):  # type: ignore[misc]
+    """RFC 6750 bearer tokens, looked up by digest."""
+
+    def __init__(self, ctx: ProviderContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def authenticate_token(self, token_string: str) -> AccessToken | None:
+        record = self.ctx.store.get_token(digest(token_string))
+        if record is None:
+            return None
+        client = self.ctx.clients.get(record.client_id)
+        stored = self.ctx.store.get_user(record.user_id)
+        if client is None or stored is None:
+            return None
+        user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time)
+        return AccessToken(record, client, ClientUser(user, client))  # type: ignore[arg-type]
+
+
+class BrokerUserInfoEndpoint(UserInfoEndpoint):  # type: ignore[misc]
+    """OIDC Core §5.3: claims for the token's client, user and scope."""
+
+    def __init__(self, ctx: ProviderContext, resource_protector: ResourceProtector) -> None:
+        super().__init__(resource_protector=resource_protector)
+        self.ctx = ctx
+
+    def get_issuer(self) -> str:
+        return self.ctx.config.issuer
+
+    def generate_user_info(self, user: ClientUser, scope: str) -> dict[str, Any]:
+        return self.ctx.claims_for(user, scope)
+
+
+class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
+    """Authlib's Flask authorization server, holding the provider context."""
+
+    def __init__(self, ctx: ProviderContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        lifetime = ctx.config.lifetimes.access_token
+        self.register_token_generator(
+            "default",
+            BearerTokenGenerator(
+                access_token_generator=lambda **_: secrets.token_urlsafe(32),
+                expires_generator=lambda client, grant_type: lifetime,
+            ),
+        )
+        self.register_grant(
+            AuthorizationCodeGrant, [S256CodeChallenge(required=True), OpenIDCodeExtension(self)]
+        )
+        self.register_extension(BrokerIssuerParameter(ctx.config.issuer))
+        protector = ResourceProtector()
+        protector.register_token_validator(BrokerBearerTokenValidator(ctx))
+        self.register_endpoint(BrokerUserInfoEndpoint(ctx, protector))
+
+    def query_client(self, client_id: str) -> Client | None:
+        return self.ctx.clients.get(client_id)
+
+    def save_token(self, token: Mapping[str, Any], request: OAuth2Request) -> None:
+        now = int(time.time())
+        principal: ClientUser = request.user
+        self.ctx.store.save_token(
+            TokenRecord(
+                token_digest=digest(token["access_token"]),
+                client_id=request.client.client_id,
+                user_id=principal.user.user_id,
+                scope=token.get("scope", ""),
+                issued_at=now,
+                expires_at=now + int(token["expires_in"]),
+                auth_time=principal.user.auth_time,
+            )
+        )

@@ -1,0 +1,1 @@
+"""HTTP surface: routes, pages, security headers. Talks only to broker.oidc."""

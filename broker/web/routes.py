@@ -1,0 +1,101 @@
+"""The broker's endpoints. Each handler is thin: the provider does the protocol work."""
+
+from __future__ import annotations
+
+import secrets
+
+from flask import Blueprint, Response, current_app, jsonify, redirect, request
+
+from broker.oidc.errors import BadAuthorizationRequest
+from broker.oidc.provider import LoginStart, Provider, RedirectToClient
+from broker.web.pages import error_page
+
+bp = Blueprint("web", __name__, static_folder="static", template_folder="templates")
+
+#: Binds a pending QQ login to the browser that started it (login CSRF, RFC 9700 §4.7).
+BROWSER_COOKIE = "qqb_browser"
+
+
+def provider() -> Provider:
+    found: Provider = current_app.extensions["qq_oidc_broker"]
+    return found
+
+
+@bp.get("/.well-known/openid-configuration")
+def discovery() -> Response:
+    response = jsonify(provider().metadata)
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@bp.get("/jwks.json")
+def jwks() -> Response:
+    response = jsonify(provider().jwks())
+    response.headers["Cache-Control"] = "public, max-age=300"
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+@bp.route("/authorize", methods=["GET", "POST"])
+def authorize() -> Response:
+    browser_secret = _browser_secret()
+    try:
+        outcome = provider().start_login(browser_secret)
+    except BadAuthorizationRequest as err:
+        return error_page(err.message_key, err.status, err.detail)
+    if isinstance(outcome, RedirectToClient):
+        return _redirect(outcome.location)
+    assert isinstance(outcome, LoginStart)
+    response = _redirect(outcome.upstream_url)
+    cfg = provider().ctx.config
+    response.set_cookie(
+        BROWSER_COOKIE,
+        browser_secret,
+        max_age=cfg.lifetimes.login,
+        httponly=True,
+        samesite="Lax",
+        secure=not cfg.is_development,
+        path="/",
+    )
+    return response
+
+
+@bp.get("/qq/callback")
+def qq_callback() -> Response:
+    args = {key: request.args.getlist(key) for key in request.args}
+    try:
+        outcome = provider().finish_login(args, request.cookies.get(BROWSER_COOKIE))
+    except BadAuthorizationRequest as err:
+        return error_page(err.message_key, err.status, err.detail)
+    if isinstance(outcome, RedirectToClient):
+        return _redirect(outcome.location)
+    return outcome
+
+
+@bp.post("/token")
+def token() -> Response:
+    return provider().token_response()
+
+
+@bp.route("/userinfo", methods=["GET", "POST"])
+def userinfo() -> Response:
+    return provider().userinfo_response()
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+def _browser_secret() -> str:
+    """Reuse the browser's login-binding secret (several tabs) or mint one."""
+    existing = request.cookies.get(BROWSER_COOKIE, "")
+    if 32 <= len(existing) <= 64 and existing.replace("-", "").replace("_", "").isalnum():
+        return existing
+    return secrets.token_urlsafe(32)
+
+
+def _redirect(location: str) -> Response:
+    response: Response = redirect(location, code=302)
+    return response
