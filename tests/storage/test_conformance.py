@@ -1,0 +1,125 @@
+"""Storage conformance: every backend must pass these (Dex-style), through the Store interface only.
+
+Today the suite runs on SQLite; the PostgreSQL backend joins the parameter
+list when it lands (issue 5).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.storage import (
+    AuthorizationCodeRecord,
+    ClientRecord,
+    LoginTransaction,
+    SQLStore,
+    StorageError,
+    Store,
+    TokenRecord,
+    UserRecord,
+)
+from broker.storage.base import digest
+
+
+@pytest.fixture(params=["sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    backend = SQLStore(f"sqlite:///{tmp_path / 'conformance.sqlite3'}")
+    backend.create_schema()
+    yield backend
+    backend.close()
+
+
+NOW = int(time.time())
+
+
+def code_record(code: str, expires_in: int = 60) -> AuthorizationCodeRecord:
+    return AuthorizationCodeRecord(
+        code_digest=digest(code), client_id="rp", redirect_uri="https://rp.test/cb",
+        scope="openid", user_id="OPENID1", auth_time=1, expires_at=NOW + expires_in,
+        nonce="n", code_challenge="c" * 43, code_challenge_method="S256",
+    )  # fmt: skip
+
+
+def test_schema_creation_is_idempotent(store: Store) -> None:
+    store.create_schema()
+    store.ping()
+
+
+def test_clients_sync_replaces_config_clients(store: Store) -> None:
+    store.sync_clients([ClientRecord("a", digest("s"), {"redirect_uris": ["x"]}),
+                        ClientRecord("b", None, {})])  # fmt: skip
+    store.sync_clients([ClientRecord("b", None, {"v": 2})])
+    assert store.get_client("a") is None
+    b = store.get_client("b")
+    assert b is not None and b.metadata == {"v": 2}
+
+
+def test_login_is_consumed_once(store: Store) -> None:
+    now = int(time.time())
+    tx = LoginTransaction(digest("state"), "rp", {"state": "s", "nonce": "中文"}, digest("b"), now, now + 600)
+    store.create_login(tx)
+    assert store.consume_login(digest("state")) == tx
+    assert store.consume_login(digest("state")) is None
+    assert store.consume_login(digest("unknown")) is None
+
+
+def test_code_is_redeemed_once_and_only_before_expiry(store: Store) -> None:
+    store.save_code(code_record("live"))
+    assert store.consume_code(digest("live"), NOW) == code_record("live")
+    assert store.consume_code(digest("live"), NOW) is None
+    store.save_code(code_record("stale", expires_in=0))
+    assert store.consume_code(digest("stale"), NOW) is None
+
+
+def test_racing_redemptions_have_exactly_one_winner(store: Store) -> None:
+    store.save_code(code_record("race"))
+    wins: list[bool] = []
+    barrier = threading.Barrier(10)
+
+    def redeem() -> None:
+        barrier.wait()
+        wins.append(store.consume_code(digest("race"), int(time.time())) is not None)
+
+    threads = [threading.Thread(target=redeem) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wins.count(True) == 1 and len(wins) == 10
+
+
+def test_tokens_round_trip(store: Store) -> None:
+    record = TokenRecord(digest("at"), "rp", "OPENID1", "openid profile", 10, 20, 5)
+    store.save_token(record)
+    assert store.get_token(digest("at")) == record
+    assert store.get_token(digest("other")) is None
+
+
+def test_users_upsert_keeps_latest_profile(store: Store) -> None:
+    store.upsert_user(UserRecord("OPENID1", None, {"nickname": "张三"}, 1))
+    store.upsert_user(UserRecord("OPENID1", "UID_X", {"nickname": "张三丰"}, 2))
+    user = store.get_user("OPENID1")
+    assert user == UserRecord("OPENID1", "UID_X", {"nickname": "张三丰"}, 2)
+    assert store.get_user("nobody") is None
+
+
+def test_purge_removes_only_expired_rows(store: Store) -> None:
+    now = int(time.time())
+    store.save_code(code_record("old", expires_in=-10))
+    store.save_code(code_record("new"))
+    store.save_token(TokenRecord(digest("old"), "rp", "U", "openid", 0, now - 1, 0))
+    assert store.purge_expired(now) == 2
+    assert store.consume_code(digest("new"), now) is not None
+
+
+def test_driver_errors_become_storage_errors(tmp_path: Path) -> None:
+    broken = SQLStore(f"sqlite:///{tmp_path / 'missing-dir' / 'x.sqlite3'}")
+    with pytest.raises(StorageError):
+        broken.create_schema()
+    with pytest.raises(StorageError):
+        broken.get_user("x")
