@@ -70,7 +70,7 @@ def create_app(
     register_error_handlers(app)
     app.before_request(_assign_request_id)
     app.after_request(add_security_headers)
-    app.wsgi_app = _canonical_scheme(app.wsgi_app, config.issuer)  # type: ignore[method-assign]
+    app.wsgi_app = _canonical_scheme(app.wsgi_app, config.issuer)  # type: ignore[method-assign,assignment]
     return app
 
 

@@ -32,7 +32,8 @@ def client_definitions() -> list[dict[str, Any]]:
         {"client_id": "rp-basic", "client_secret": secrets.token_urlsafe(24),
          "redirect_uris": [f"{RP}/basic/callback"]},
         {"client_id": "rp-post", "client_secret": secrets.token_urlsafe(24),
-         "redirect_uris": [f"{RP}/post/callback"], "token_endpoint_auth_method": "client_secret_post"},
+         "redirect_uris": [f"{RP}/post/callback"],
+         "token_endpoint_auth_method": "client_secret_post"},
         {"client_id": "rp-public", "redirect_uris": [f"{RP}/public/callback"],
          "token_endpoint_auth_method": "none"},
         {"client_id": "rp-multi", "client_secret": secrets.token_urlsafe(24),
@@ -79,7 +80,9 @@ class Emulator:
         self.http.post(f"{self.url}/_emulator/reset", timeout=5).raise_for_status()
 
     def requests(self) -> list[dict[str, Any]]:
-        logged: list[dict[str, Any]] = self.http.get(f"{self.url}/_emulator/requests", timeout=5).json()
+        logged: list[dict[str, Any]] = self.http.get(
+            f"{self.url}/_emulator/requests", timeout=5
+        ).json()
         return logged
 
     def user(self, user_id: str) -> dict[str, Any]:

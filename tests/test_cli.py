@@ -62,14 +62,32 @@ def test_check_reads_broker_config_from_the_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (GOOD.format(port=8000).replace("issuer: http://127.0.0.1:8000", "issuer: http://127.0.0.1:8000/"), "issuer"),
+        (
+            GOOD.format(port=8000).replace(
+                "issuer: http://127.0.0.1:8000", "issuer: http://127.0.0.1:8000/"
+            ),
+            "issuer",
+        ),
         (GOOD.format(port=8000) + "bogus_key: 1\n", "bogus_key"),
-        (GOOD.format(port=8000).replace("[http://127.0.0.1:9000/callback]", "[/callback]"), "redirect_uris"),
-        (GOOD.format(port=8000).replace("${QQ_APP_KEY}", "${UNSET_VARIABLE_FOR_TEST}"), "UNSET_VARIABLE_FOR_TEST"),
+        (
+            GOOD.format(port=8000).replace("[http://127.0.0.1:9000/callback]", "[/callback]"),
+            "redirect_uris",
+        ),
+        (
+            GOOD.format(port=8000).replace("${QQ_APP_KEY}", "${UNSET_VARIABLE_FOR_TEST}"),
+            "UNSET_VARIABLE_FOR_TEST",
+        ),
         ("issuer: [unclosed\n", "line"),
         (GOOD.format(port=8000).replace("issuer: http://127.0.0.1:8000\n", ""), "issuer"),
     ],
-    ids=["trailing-slash", "unknown-key", "relative-redirect", "unset-var", "malformed-yaml", "missing-issuer"],
+    ids=[
+        "trailing-slash",
+        "unknown-key",
+        "relative-redirect",
+        "unset-var",
+        "malformed-yaml",
+        "missing-issuer",
+    ],
 )
 def test_check_reports_one_clear_line_and_exit_2(tmp_path: Path, text: str, expected: str) -> None:
     path = write_config(tmp_path, text)
@@ -95,8 +113,10 @@ def test_serve_runs_the_config_and_generates_keys(tmp_path: Path) -> None:
     port = free_port()
     path = write_config(tmp_path, GOOD.format(port=port))
     env = {**os.environ, **ENV}
-    proc = subprocess.Popen([sys.executable, "-m", "broker", "serve", "--config", str(path)],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    command = [sys.executable, "-m", "broker", "serve", "--config", str(path)]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         meta = wait_for_json(f"http://127.0.0.1:{port}/.well-known/openid-configuration")
         assert meta["issuer"] == f"http://127.0.0.1:{port}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import jwt
 import requests
-from flask import Blueprint, Flask, Response, redirect, render_template, request
+from flask import Blueprint, Flask, Response, render_template, request
 
 PENDING_TTL = 600
 
@@ -138,7 +138,7 @@ def create_demo_app(issuer: str, client_id: str, client_secret: str, redirect_ur
     @app.get("/login")
     def login() -> Response:
         key, url = rp.begin()
-        response: Response = redirect(url, code=302)
+        response = Response(status=302, headers={"Location": url})
         response.set_cookie("demo_rp", key, httponly=True, samesite="Lax", max_age=PENDING_TTL)
         return response
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from broker.oidc.errors import BadAuthorizationRequest
 from broker.oidc.provider import LoginStart, Provider, RedirectToClient
@@ -97,5 +97,6 @@ def _browser_secret() -> str:
 
 
 def _redirect(location: str) -> Response:
-    response: Response = redirect(location, code=302)
+    response = Response(status=302)
+    response.headers["Location"] = location
     return response

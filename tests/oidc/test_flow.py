@@ -55,7 +55,10 @@ class RelyingParty:
 
     def authorization_url(self, **extra: Any) -> tuple[str, str]:
         url, state = self.session.create_authorization_url(
-            self.meta["authorization_endpoint"], code_verifier=self.verifier, nonce=self.nonce, **extra
+            self.meta["authorization_endpoint"],
+            code_verifier=self.verifier,
+            nonce=self.nonce,
+            **extra,
         )
         return str(url), str(state)
 
@@ -70,7 +73,9 @@ class RelyingParty:
         assert params.get("state") == state and "code" in params, params
         assert params["iss"] == self.broker.issuer  # RFC 9207
         token = self.session.fetch_token(
-            self.meta["token_endpoint"], authorization_response=location, code_verifier=self.verifier
+            self.meta["token_endpoint"],
+            authorization_response=location,
+            code_verifier=self.verifier,
         )
         claims, header = self.verify(token["id_token"])
         userinfo = self.session.get(self.meta["userinfo_endpoint"]).json()
@@ -141,7 +146,9 @@ def test_login_yields_a_verified_id_token_with_the_qq_openid(
     assert result["userinfo"]["nickname"] == "张三"
 
 
-def test_token_response_has_no_store_headers_and_bearer_type(broker: Broker, emulator: Emulator) -> None:
+def test_token_response_has_no_store_headers_and_bearer_type(
+    broker: Broker, emulator: Emulator
+) -> None:
     rp = RelyingParty(broker, "rp-basic")
     emulator.control(auto_login="lisi")
     url, _ = rp.authorization_url()

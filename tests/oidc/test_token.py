@@ -15,7 +15,9 @@ from tests.flows import authorize_url, follow_until, query_of
 
 
 def s256(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
 
 
 def obtain_code(broker: Broker, emulator: Emulator, client_id: str = "rp-basic") -> tuple[str, str]:
@@ -67,7 +69,9 @@ def test_concurrent_redemptions_yield_exactly_one_token(broker: Broker, emulator
     assert sorted(statuses) == [200] + [400] * 7
 
 
-def test_code_of_one_client_cannot_be_redeemed_by_another(broker: Broker, emulator: Emulator) -> None:
+def test_code_of_one_client_cannot_be_redeemed_by_another(
+    broker: Broker, emulator: Emulator
+) -> None:
     code, verifier = obtain_code(broker, emulator, "rp-basic")
     other = redeem(broker, code, verifier, client_id="rp-multi",
                    redirect_uri=broker.clients["rp-basic"]["redirect_uri"])  # fmt: skip
@@ -86,7 +90,10 @@ def test_wrong_or_missing_pkce_verifier_fails(broker: Broker, emulator: Emulator
     assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
     code, _ = obtain_code(broker, emulator)
     missing = redeem(broker, code, None)
-    assert missing.status_code == 400 and missing.json()["error"] in {"invalid_request", "invalid_grant"}
+    assert missing.status_code == 400 and missing.json()["error"] in {
+        "invalid_request",
+        "invalid_grant",
+    }
 
 
 def test_public_client_redeems_with_verifier_only(broker: Broker, emulator: Emulator) -> None:

@@ -61,7 +61,9 @@ def test_clients_sync_replaces_config_clients(store: Store) -> None:
 
 def test_login_is_consumed_once(store: Store) -> None:
     now = int(time.time())
-    tx = LoginTransaction(digest("state"), "rp", {"state": "s", "nonce": "中文"}, digest("b"), now, now + 600)
+    tx = LoginTransaction(
+        digest("state"), "rp", {"state": "s", "nonce": "中文"}, digest("b"), now, now + 600
+    )
     store.create_login(tx)
     assert store.consume_login(digest("state")) == tx
     assert store.consume_login(digest("state")) is None

@@ -1,4 +1,4 @@
-"""Issue 2 point 9: every kind of bad input gets a clear answer, never a 500 or a redirect it should not.
+"""Issue 2 point 9: bad input gets a clear answer, never a 500 or an unvetted redirect.
 
 Requests are sent like a browser would (real HTTP, manual redirects) so the
 tests see exactly what a user agent sees.
@@ -87,7 +87,9 @@ def test_invalid_request_redirects_error_with_state_and_iss(
     broker: Broker, emulator: Emulator, overrides: dict[str, Any], error: str
 ) -> None:
     params = valid_params(broker, **overrides)
-    response = requests.get(authorize_url(broker.issuer, **params), allow_redirects=False, timeout=5)
+    response = requests.get(
+        authorize_url(broker.issuer, **params), allow_redirects=False, timeout=5
+    )
     assert response.status_code == 302
     location = response.headers["Location"]
     assert location.startswith(params["redirect_uri"])
@@ -101,7 +103,9 @@ def test_invalid_request_redirects_error_with_state_and_iss(
 
 def test_public_client_without_pkce_is_refused(broker: Broker) -> None:
     params = valid_params(broker, "rp-public", code_challenge=None, code_challenge_method=None)
-    response = requests.get(authorize_url(broker.issuer, **params), allow_redirects=False, timeout=5)
+    response = requests.get(
+        authorize_url(broker.issuer, **params), allow_redirects=False, timeout=5
+    )
     assert query_of(response.headers["Location"])["error"] == "invalid_request"
 
 
@@ -115,7 +119,9 @@ def test_duplicated_parameter_is_refused(broker: Broker) -> None:
 
 def test_error_description_is_plain_ascii(broker: Broker) -> None:
     params = valid_params(broker, response_type='code"\u4e2d\r\nSet-Cookie: x=1')
-    response = requests.get(authorize_url(broker.issuer, **params), allow_redirects=False, timeout=5)
+    response = requests.get(
+        authorize_url(broker.issuer, **params), allow_redirects=False, timeout=5
+    )
     assert response.status_code == 302
     description = query_of(response.headers["Location"]).get("error_description", "")
     assert description.isascii() and "\n" not in description and '"' not in description
