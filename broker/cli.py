@@ -32,9 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _configure_logging()
     try:
         result: int = args.handler(args)
         return result
@@ -43,6 +41,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _configure_logging() -> None:
+    """INFO logs; the libraries that print secrets at DEBUG are held at INFO.
+
+    Authlib logs issued tokens at DEBUG and urllib3 logs request lines with
+    their query (QQ's /me and get_user_info carry the QQ access token there).
+    """
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("authlib", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -160,3 +160,42 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI") == "true" and skipped and exitstatus == 0:
         reporter.write_line(f"CI=true: {skipped} test(s) skipped; failing the run", red=True)
         session.exitstatus = 1
+
+
+@dataclass
+class Pair:
+    """A dedicated emulator + broker, for tests that need non-default settings."""
+
+    emulator: Emulator
+    broker: Broker
+
+    def stop(self) -> None:
+        self.broker.served.stop()
+        self.emulator.served.stop()
+
+
+def start_pair(
+    base_dir: Path, *, connector_options: dict[str, Any] | None = None, **config_overrides: Any
+) -> Pair:
+    """Start an emulator and a broker wired to each other, with the given overrides."""
+    from broker.connectors.qq import QQConnector
+
+    port, key = free_port(), secrets.token_hex(16)
+    settings = EmulatorSettings(
+        app_id=APP_ID, app_key=key, callbacks=[f"http://127.0.0.1:{port}/qq/callback"]
+    )
+    emulator = Emulator(serve(create_emulator_app(settings)))
+    config = broker_config(
+        base_dir, f"http://127.0.0.1:{port}", emulator.url, key, **config_overrides
+    )
+    connector = None
+    if connector_options:
+        connector = QQConnector(
+            app_id=APP_ID, app_key=key, base_url=emulator.url, **connector_options
+        )
+    served = serve(create_app(config, connector=connector), port=port)
+    clients = {
+        c.client_id: {"client_secret": c.client_secret, "redirect_uri": c.redirect_uris[0]}
+        for c in config.clients
+    }
+    return Pair(emulator, Broker(served, config, clients))
