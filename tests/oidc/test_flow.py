@@ -232,3 +232,37 @@ def test_app_key_travels_only_in_the_post_body(broker: Broker, emulator: Emulato
     assert "client_secret" not in token_calls[0].get("query", {})
     for logged in emulator.requests():
         assert broker.config.upstream.qq.app_key not in repr(logged)
+
+
+def test_no_private_key_import_per_token(
+    broker: Broker, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys are parsed once at start: an RSA import costs ~50 ms and would cap the token rate.
+
+    The broker runs in this process, so counting how many joserfc key objects
+    are built (every import path ends in a key constructor) while tokens are
+    issued shows what each request costs.
+    """
+    from joserfc import jwk
+
+    built: list[str] = []
+    for cls in (jwk.RSAKey, jwk.ECKey, jwk.OKPKey):
+        original = cls.__init__
+
+        def counting(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> None:
+            built.append(type(self).__name__)
+            _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", counting)
+    for client_id in ("rp-basic", "rp-es256", "rp-eddsa"):
+        rp = RelyingParty(broker, client_id)
+        jwks = requests.get(rp.meta["jwks_uri"], timeout=5).json()  # the RP's own key parsing
+        built.clear()
+        emulator.control(auto_login="zhangsan")
+        url, _ = rp.authorization_url()
+        location = follow_until(requests.Session(), url, rp.redirect_uri).headers["Location"]
+        token = rp.session.fetch_token(
+            rp.meta["token_endpoint"], authorization_response=location, code_verifier=rp.verifier
+        )
+        assert built == [], f"{client_id}: keys built per request: {built}"
+        assert jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token["id_token"])["kid"]]
