@@ -23,8 +23,22 @@ class ServedApp:
     url: str
     port: int
     server: Any
+    thread: threading.Thread
 
     def stop(self) -> None:
+        """Stop without racing the server's select() loop.
+
+        Closing sockets while the thread sits in select() can kill it with
+        EBADF; emptying the socket map and waking the loop lets it leave first.
+        """
+        socket_map = self.server._map
+        channels = list(socket_map.values())
+        socket_map.clear()
+        self.server.trigger.pull_trigger()
+        self.thread.join(timeout=5)
+        for channel in channels:
+            if channel is not self.server and channel is not self.server.trigger:
+                channel.close()
         self.server.close()
 
 
@@ -34,7 +48,7 @@ def serve(app: Any, port: int = 0, threads: int = 8) -> ServedApp:
     bound = server.effective_port  # type: ignore[union-attr]
     thread = threading.Thread(target=server.run, daemon=True, name=f"serve-{bound}")
     thread.start()
-    return ServedApp(url=f"http://127.0.0.1:{bound}", port=int(bound), server=server)
+    return ServedApp(url=f"http://127.0.0.1:{bound}", port=int(bound), server=server, thread=thread)
 
 
 @contextmanager

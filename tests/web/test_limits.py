@@ -50,8 +50,8 @@ def test_slow_qq_gives_temporarily_unavailable_within_the_timeout(impatient: Pai
     broker, emulator = impatient.broker, impatient.emulator
     emulator.control(auto_login="zhangsan", latency_ms={"token": 8000})
     started = time.monotonic()
-    response = follow_until(requests.Session(), authorize_url(broker.issuer, **valid_params(broker)),
-                            broker.clients["rp-basic"]["redirect_uri"])  # fmt: skip
+    url = authorize_url(broker.issuer, **valid_params(broker))
+    response = follow_until(requests.Session(), url, broker.clients["rp-basic"]["redirect_uri"])
     elapsed = time.monotonic() - started
     query = query_of(response.headers["Location"])
     assert query["error"] == "temporarily_unavailable"
