@@ -29,22 +29,47 @@ RP = "http://127.0.0.1:9"  # relying-party redirect URIs: parsed by tests, never
 def client_definitions() -> list[dict[str, Any]]:
     """The relying parties every test broker knows (secrets are per session)."""
     return [
-        {"client_id": "rp-basic", "client_secret": secrets.token_urlsafe(24),
-         "redirect_uris": [f"{RP}/basic/callback"]},
-        {"client_id": "rp-post", "client_secret": secrets.token_urlsafe(24),
-         "redirect_uris": [f"{RP}/post/callback"],
-         "token_endpoint_auth_method": "client_secret_post"},
-        {"client_id": "rp-public", "redirect_uris": [f"{RP}/public/callback"],
-         "token_endpoint_auth_method": "none"},
-        {"client_id": "rp-multi", "client_secret": secrets.token_urlsafe(24),
-         "redirect_uris": [f"{RP}/multi/cb", f"{RP}/multi/cb2?tenant=1"]},
-        {"client_id": "rp-es256", "client_secret": secrets.token_urlsafe(24),
-         "redirect_uris": [f"{RP}/es/callback"], "id_token_signed_response_alg": "ES256"},
-        {"client_id": "rp-eddsa", "client_secret": secrets.token_urlsafe(24),
-         "redirect_uris": [f"{RP}/ed/callback"], "id_token_signed_response_alg": "EdDSA"},
-        {"client_id": "rp-unionid", "client_secret": secrets.token_urlsafe(24),
-         "redirect_uris": [f"{RP}/union/callback"], "subject": "unionid", "expose_qq_ids": True},
-    ]  # fmt: skip
+        {
+            "client_id": "rp-basic",
+            "client_secret": secrets.token_urlsafe(24),
+            "redirect_uris": [f"{RP}/basic/callback"],
+        },
+        {
+            "client_id": "rp-post",
+            "client_secret": secrets.token_urlsafe(24),
+            "redirect_uris": [f"{RP}/post/callback"],
+            "token_endpoint_auth_method": "client_secret_post",
+        },
+        {
+            "client_id": "rp-public",
+            "redirect_uris": [f"{RP}/public/callback"],
+            "token_endpoint_auth_method": "none",
+        },
+        {
+            "client_id": "rp-multi",
+            "client_secret": secrets.token_urlsafe(24),
+            "redirect_uris": [f"{RP}/multi/cb", f"{RP}/multi/cb2?tenant=1"],
+        },
+        {
+            "client_id": "rp-es256",
+            "client_secret": secrets.token_urlsafe(24),
+            "redirect_uris": [f"{RP}/es/callback"],
+            "id_token_signed_response_alg": "ES256",
+        },
+        {
+            "client_id": "rp-eddsa",
+            "client_secret": secrets.token_urlsafe(24),
+            "redirect_uris": [f"{RP}/ed/callback"],
+            "id_token_signed_response_alg": "EdDSA",
+        },
+        {
+            "client_id": "rp-unionid",
+            "client_secret": secrets.token_urlsafe(24),
+            "redirect_uris": [f"{RP}/union/callback"],
+            "subject": "unionid",
+            "expose_qq_ids": True,
+        },
+    ]
 
 
 def broker_config(
@@ -140,8 +165,10 @@ def broker(
     base = tmp_path_factory.mktemp("broker")
     config = broker_config(base, f"http://127.0.0.1:{broker_port}", emulator.url, app_key)
     served = serve(create_app(config), port=broker_port)
-    clients = {c.client_id: {"client_secret": c.client_secret, "redirect_uri": c.redirect_uris[0]}
-               for c in config.clients}  # fmt: skip
+    clients = {
+        c.client_id: {"client_secret": c.client_secret, "redirect_uri": c.redirect_uris[0]}
+        for c in config.clients
+    }
     yield Broker(served, config, clients)
     served.stop()
 

@@ -13,8 +13,11 @@ import requests
 
 from tests.servers import free_port
 
-ENV = {"QQ_APP_ID": "101000001", "QQ_APP_KEY": "0123456789abcdef0123456789abcdef",
-       "DEMO_CLIENT_SECRET": "demo-secret-for-tests-only-0123456789"}  # fmt: skip
+ENV = {
+    "QQ_APP_ID": "101000001",
+    "QQ_APP_KEY": "0123456789abcdef0123456789abcdef",
+    "DEMO_CLIENT_SECRET": "demo-secret-for-tests-only-0123456789",
+}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -23,8 +26,14 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     inherited = {k: v for k, v in os.environ.items() if k != "BROKER_CONFIG"}
     full_env = {**inherited, **ENV, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "broker", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or REPO, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=60,
+    )
 
 
 def write_config(directory: Path, text: str) -> Path:
@@ -152,3 +161,86 @@ def wait_for_json(url: str, timeout: float = 30.0) -> dict:  # type: ignore[type
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def test_emulator_command_runs_alone(tmp_path: Path) -> None:
+    port = free_port()
+    callback = "http://127.0.0.1:8000/qq/callback"
+    command = [
+        sys.executable,
+        "-m",
+        "broker",
+        "emulator",
+        "--port",
+        str(port),
+        "--app-id",
+        "101000001",
+        "--app-key",
+        ENV["QQ_APP_KEY"],
+        "--callback",
+        callback,
+    ]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_json(f"{base}/_emulator/users")
+        params = {
+            "response_type": "code",
+            "client_id": "101000001",
+            "redirect_uri": callback,
+            "state": "s",
+        }
+        page = requests.get(f"{base}/oauth2.0/authorize", params=params, timeout=5)
+        assert page.status_code == 200 and "张三" in page.content.decode("utf-8")
+        bad = requests.get(
+            f"{base}/oauth2.0/authorize",
+            timeout=5,
+            params={**params, "redirect_uri": "http://127.0.0.1:8000/other"},
+        )
+        assert "(100010)" in bad.text
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+def test_emulator_takes_app_and_callback_from_the_config(tmp_path: Path) -> None:
+    port = free_port()
+    path = write_config(tmp_path, GOOD.format(port=8123))
+    command = [
+        sys.executable,
+        "-m",
+        "broker",
+        "emulator",
+        "--port",
+        str(port),
+        "--config",
+        str(path),
+    ]
+    env = {**os.environ, **ENV}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        assert "http://127.0.0.1:8123/qq/callback" in banner
+        assert ENV["QQ_APP_KEY"] not in banner
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+
+
+def test_emulator_without_app_settings_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("emulator", "--port", str(free_port()), cwd=tmp_path)
+    assert result.returncode == 2 and "--app-id" in result.stderr
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("qq-oidc-broker")
+    assert script.exists()
+    result = subprocess.run(
+        [str(script), "check", "--config", str(REPO / "config.yaml")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr

@@ -45,11 +45,23 @@ class LoginForm(HTMLParser):
 @pytest.fixture
 def dev_mode(tmp_path: Path) -> Iterator[dict[str, str]]:
     ports = {"port": free_port(), "emulator": free_port(), "demo": free_port()}
-    command = [sys.executable, "-m", "broker", "dev", "--port", str(ports["port"]),
-               "--emulator-port", str(ports["emulator"]), "--demo-port", str(ports["demo"]),
-               "--data-dir", str(tmp_path / "dev-data")]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ})  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "broker",
+        "dev",
+        "--port",
+        str(ports["port"]),
+        "--emulator-port",
+        str(ports["emulator"]),
+        "--demo-port",
+        str(ports["demo"]),
+        "--data-dir",
+        str(tmp_path / "dev-data"),
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ}
+    )
     demo = f"http://127.0.0.1:{ports['demo']}/"
     try:
         banner = read_until(proc, demo)
@@ -99,8 +111,11 @@ def test_newcomer_logs_in_through_the_demo(dev_mode: dict[str, str]) -> None:
     form.feed(page.text)
     assert "zhangsan" in form.users and form.action
     # Choosing a user: emulator → broker /qq/callback → demo /callback with a code.
-    result = browser.post(urljoin(page.url, html.unescape(form.action)),
-                          data={**form.fields, "user": "zhangsan"}, timeout=30)  # fmt: skip
+    result = browser.post(
+        urljoin(page.url, html.unescape(form.action)),
+        data={**form.fields, "user": "zhangsan"},
+        timeout=30,
+    )
     assert result.status_code == 200, result.text[:500]
     assert "signature verified" in result.text
     assert "张三" in result.text  # nickname from get_user_info, in the verified claims

@@ -100,8 +100,12 @@ def test_discovery_document_describes_the_provider(broker: Broker) -> None:
     assert response.headers["Content-Type"].startswith("application/json")
     meta = response.json()
     assert meta["issuer"] == broker.issuer
-    for name, path in [("authorization_endpoint", "/authorize"), ("token_endpoint", "/token"),
-                       ("userinfo_endpoint", "/userinfo"), ("jwks_uri", "/jwks.json")]:  # fmt: skip
+    for name, path in [
+        ("authorization_endpoint", "/authorize"),
+        ("token_endpoint", "/token"),
+        ("userinfo_endpoint", "/userinfo"),
+        ("jwks_uri", "/jwks.json"),
+    ]:
         assert meta[name] == broker.issuer + path
     assert meta["response_types_supported"] == ["code"]
     assert meta["code_challenge_methods_supported"] == ["S256"]
@@ -155,11 +159,15 @@ def test_token_response_has_no_store_headers_and_bearer_type(
     location = follow_until(requests.Session(), url, rp.redirect_uri).headers["Location"]
     response = requests.post(
         rp.meta["token_endpoint"],
-        data={"grant_type": "authorization_code", "code": query_of(location)["code"],
-              "redirect_uri": rp.redirect_uri, "code_verifier": rp.verifier},
+        data={
+            "grant_type": "authorization_code",
+            "code": query_of(location)["code"],
+            "redirect_uri": rp.redirect_uri,
+            "code_verifier": rp.verifier,
+        },
         auth=("rp-basic", broker.clients["rp-basic"]["client_secret"]),
         timeout=10,
-    )  # fmt: skip
+    )
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["Pragma"] == "no-cache"

@@ -25,15 +25,27 @@ def obtain_code(broker: Broker, emulator: Emulator, client_id: str = "rp-basic")
     emulator.control(auto_login="zhangsan")
     verifier = secrets.token_urlsafe(48)
     redirect_uri = broker.clients[client_id]["redirect_uri"]
-    url = authorize_url(broker.issuer, response_type="code", client_id=client_id,
-                        redirect_uri=redirect_uri, scope="openid", state="s",
-                        code_challenge=s256(verifier), code_challenge_method="S256")  # fmt: skip
+    url = authorize_url(
+        broker.issuer,
+        response_type="code",
+        client_id=client_id,
+        redirect_uri=redirect_uri,
+        scope="openid",
+        state="s",
+        code_challenge=s256(verifier),
+        code_challenge_method="S256",
+    )
     response = follow_until(requests.Session(), url, redirect_uri)
     return query_of(response.headers["Location"])["code"], verifier
 
 
-def redeem(broker: Broker, code: str, verifier: str | None, client_id: str = "rp-basic",
-           redirect_uri: str | None = None) -> requests.Response:  # fmt: skip
+def redeem(
+    broker: Broker,
+    code: str,
+    verifier: str | None,
+    client_id: str = "rp-basic",
+    redirect_uri: str | None = None,
+) -> requests.Response:
     data: dict[str, Any] = {
         "grant_type": "authorization_code",
         "code": code,
@@ -73,8 +85,13 @@ def test_code_of_one_client_cannot_be_redeemed_by_another(
     broker: Broker, emulator: Emulator
 ) -> None:
     code, verifier = obtain_code(broker, emulator, "rp-basic")
-    other = redeem(broker, code, verifier, client_id="rp-multi",
-                   redirect_uri=broker.clients["rp-basic"]["redirect_uri"])  # fmt: skip
+    other = redeem(
+        broker,
+        code,
+        verifier,
+        client_id="rp-multi",
+        redirect_uri=broker.clients["rp-basic"]["redirect_uri"],
+    )
     assert other.status_code == 400 and other.json()["error"] == "invalid_grant"
 
 
@@ -98,8 +115,12 @@ def test_wrong_or_missing_pkce_verifier_fails(broker: Broker, emulator: Emulator
 
 def test_public_client_redeems_with_verifier_only(broker: Broker, emulator: Emulator) -> None:
     code, verifier = obtain_code(broker, emulator, "rp-public")
-    data = {"grant_type": "authorization_code", "code": code, "client_id": "rp-public",
-            "redirect_uri": broker.clients["rp-public"]["redirect_uri"]}  # fmt: skip
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": "rp-public",
+        "redirect_uri": broker.clients["rp-public"]["redirect_uri"],
+    }
     without = requests.post(f"{broker.issuer}/token", data=data, timeout=10)
     assert without.status_code == 400
     code, verifier = obtain_code(broker, emulator, "rp-public")

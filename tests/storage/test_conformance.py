@@ -39,10 +39,17 @@ NOW = int(time.time())
 
 def code_record(code: str, expires_in: int = 60) -> AuthorizationCodeRecord:
     return AuthorizationCodeRecord(
-        code_digest=digest(code), client_id="rp", redirect_uri="https://rp.test/cb",
-        scope="openid", user_id="OPENID1", auth_time=1, expires_at=NOW + expires_in,
-        nonce="n", code_challenge="c" * 43, code_challenge_method="S256",
-    )  # fmt: skip
+        code_digest=digest(code),
+        client_id="rp",
+        redirect_uri="https://rp.test/cb",
+        scope="openid",
+        user_id="OPENID1",
+        auth_time=1,
+        expires_at=NOW + expires_in,
+        nonce="n",
+        code_challenge="c" * 43,
+        code_challenge_method="S256",
+    )
 
 
 def test_schema_creation_is_idempotent(store: Store) -> None:
@@ -51,8 +58,9 @@ def test_schema_creation_is_idempotent(store: Store) -> None:
 
 
 def test_clients_sync_replaces_config_clients(store: Store) -> None:
-    store.sync_clients([ClientRecord("a", digest("s"), {"redirect_uris": ["x"]}),
-                        ClientRecord("b", None, {})])  # fmt: skip
+    store.sync_clients(
+        [ClientRecord("a", digest("s"), {"redirect_uris": ["x"]}), ClientRecord("b", None, {})]
+    )
     store.sync_clients([ClientRecord("b", None, {"v": 2})])
     assert store.get_client("a") is None
     b = store.get_client("b")

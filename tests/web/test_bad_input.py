@@ -52,21 +52,32 @@ def assert_error_page(response: requests.Response, status: int = 400) -> None:
 def test_unverifiable_client_or_redirect_gets_a_page_not_a_redirect(
     broker: Broker, emulator: Emulator, overrides: dict[str, Any]
 ) -> None:
-    response = requests.get(authorize_url(broker.issuer, **valid_params(broker, **overrides)),
-                            allow_redirects=False, timeout=5)  # fmt: skip
+    response = requests.get(
+        authorize_url(broker.issuer, **valid_params(broker, **overrides)),
+        allow_redirects=False,
+        timeout=5,
+    )
     assert_error_page(response)
     assert emulator.requests() == []
 
 
 def test_error_page_escapes_and_speaks_the_users_language(broker: Broker) -> None:
     params = valid_params(broker, redirect_uri='http://127.0.0.1:9/"><script>alert(1)</script>')
-    response = requests.get(authorize_url(broker.issuer, **params), allow_redirects=False,
-                            headers={"Accept-Language": "en-US,en;q=0.9"}, timeout=5)  # fmt: skip
+    response = requests.get(
+        authorize_url(broker.issuer, **params),
+        allow_redirects=False,
+        headers={"Accept-Language": "en-US,en;q=0.9"},
+        timeout=5,
+    )
     assert_error_page(response)
     assert "<script>alert(1)" not in response.text
     assert "not registered" in response.text
-    zh = requests.get(authorize_url(broker.issuer, **params), allow_redirects=False,
-                      headers={"Accept-Language": "zh-CN"}, timeout=5)  # fmt: skip
+    zh = requests.get(
+        authorize_url(broker.issuer, **params),
+        allow_redirects=False,
+        headers={"Accept-Language": "zh-CN"},
+        timeout=5,
+    )
     assert "未注册" in zh.text
 
 
@@ -182,8 +193,11 @@ def finish(broker: Broker, emulator: Emulator, **control: Any) -> dict[str, str]
     """Run a login with the emulator behaving as ``control`` says; return the RP's query."""
     emulator.control(**control)
     browser = requests.Session()
-    response = follow_until(browser, authorize_url(broker.issuer, **valid_params(broker)),
-                            broker.clients["rp-basic"]["redirect_uri"])  # fmt: skip
+    response = follow_until(
+        browser,
+        authorize_url(broker.issuer, **valid_params(broker)),
+        broker.clients["rp-basic"]["redirect_uri"],
+    )
     assert response.status_code == 302, response.text[:300]
     return query_of(response.headers["Location"])
 
@@ -197,8 +211,11 @@ def test_cancel_with_usercancel_gives_access_denied(broker: Broker, emulator: Em
 def test_cancel_on_the_pc_page_never_returns(broker: Broker, emulator: Emulator) -> None:
     emulator.control(auto_login="cancel", cancel_mode="close")
     browser = requests.Session()
-    response = follow_until(browser, authorize_url(broker.issuer, **valid_params(broker)),
-                            broker.clients["rp-basic"]["redirect_uri"])  # fmt: skip
+    response = follow_until(
+        browser,
+        authorize_url(broker.issuer, **valid_params(broker)),
+        broker.clients["rp-basic"]["redirect_uri"],
+    )
     assert response.status_code == 200  # QQ's page; nothing comes back to the broker
     assert [r["endpoint"] for r in emulator.requests()] == ["authorize"]
 
@@ -208,8 +225,9 @@ def test_callback_without_code_gives_access_denied(broker: Broker, emulator: Emu
     browser = requests.Session()
     callback = qq_callback_url(emulator, browser, start_login(broker, browser))
     state = query_of(callback)["state"]
-    response = browser.get(f"{broker.issuer}/qq/callback?state={state}", allow_redirects=False,
-                           timeout=10)  # fmt: skip
+    response = browser.get(
+        f"{broker.issuer}/qq/callback?state={state}", allow_redirects=False, timeout=10
+    )
     query = query_of(response.headers["Location"])
     assert query["error"] == "access_denied" and query["state"] == "rp-state-123"
 
@@ -247,9 +265,16 @@ def test_token_endpoint_errors_are_json(broker: Broker) -> None:
     weird = requests.post(token_url, data={"grant_type": 'x"\\\u4e2d'}, timeout=5)
     assert weird.status_code in (400, 401) and "error" in weird.json()
     secret = broker.clients["rp-basic"]["client_secret"]
-    wrong = requests.post(token_url, data={"grant_type": "authorization_code", "code": "nope",
-                          "redirect_uri": broker.clients["rp-basic"]["redirect_uri"]},
-                          auth=("rp-basic", secret + "x"), timeout=5)  # fmt: skip
+    wrong = requests.post(
+        token_url,
+        data={
+            "grant_type": "authorization_code",
+            "code": "nope",
+            "redirect_uri": broker.clients["rp-basic"]["redirect_uri"],
+        },
+        auth=("rp-basic", secret + "x"),
+        timeout=5,
+    )
     assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
     big = requests.post(token_url, data={"x": "y" * 200_000}, timeout=10)
     assert big.status_code == 413

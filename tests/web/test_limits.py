@@ -36,8 +36,9 @@ def test_pending_login_expires(short_login: Pair) -> None:
     broker, emulator = short_login.broker, short_login.emulator
     emulator.control(auto_login="zhangsan")
     browser = requests.Session()
-    start = browser.get(authorize_url(broker.issuer, **valid_params(broker)),
-                        allow_redirects=False, timeout=5)  # fmt: skip
+    start = browser.get(
+        authorize_url(broker.issuer, **valid_params(broker)), allow_redirects=False, timeout=5
+    )
     callback = browser.get(start.headers["Location"], allow_redirects=False, timeout=5)
     time.sleep(2.1)
     late = browser.get(callback.headers["Location"], allow_redirects=False, timeout=5)
