@@ -243,13 +243,22 @@ class _RequestObjectsUnsupported(OAuth2Error):  # type: ignore[misc]
         self.error = "request_not_supported" if by_value else "request_uri_not_supported"
 
 
+#: ASCII descriptions for the relying party, per connector message key (RFC 6749 §4.1.2.1);
+#: QQ's own (often Chinese) text and the operator hint go to the log instead.
+UPSTREAM_DESCRIPTIONS = {
+    "upstream.cancelled": "The user cancelled the QQ login.",
+    "upstream.unavailable": "QQ is unavailable or too slow; try again later.",
+    "upstream.misconfigured": "The broker's QQ Connect app is misconfigured; see the broker log.",
+    "upstream.rejected": "QQ rejected the login; see the broker log.",
+    "upstream.protocol": "QQ answered in an unexpected way; see the broker log.",
+    "upstream.code_invalid": "The QQ authorization code was invalid or reused; log in again.",
+    "upstream.token_expired": "The QQ authorization expired; log in again.",
+    "upstream.unionid_not_enabled": "UnionID is not enabled for the broker's QQ Connect app.",
+}
+
+
 def _describe(err: UpstreamError) -> str:
-    """An ASCII description for the relying party; QQ's own (often Chinese) text goes to the log."""
-    described = {
-        "access_denied": "The user cancelled the QQ login.",
-        "temporarily_unavailable": "QQ is unavailable; try again later.",
-    }
-    return safe_description(described.get(err.oauth_error, "The QQ login failed."))
+    return safe_description(UPSTREAM_DESCRIPTIONS.get(err.message_key, "The QQ login failed."))
 
 
 def _new_state() -> str:

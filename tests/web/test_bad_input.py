@@ -292,3 +292,25 @@ def test_userinfo_requires_a_valid_bearer_token(broker: Broker) -> None:
 def test_unknown_path_is_a_clean_404(broker: Broker) -> None:
     response = requests.get(f"{broker.issuer}/console", timeout=5)
     assert response.status_code == 404 and "Traceback" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("client_id", "faults", "fragment"),
+    [
+        ("rp-basic", {"token": "error:100009"}, "misconfigured"),
+        ("rp-basic", {"token": "error:100020"}, "invalid or reused"),
+        ("rp-unionid", {"me": "error:100048"}, "UnionID is not enabled"),
+    ],
+)
+def test_error_description_names_the_upstream_problem(
+    broker: Broker, emulator: Emulator, client_id: str, faults: dict[str, str], fragment: str
+) -> None:
+    emulator.control(auto_login="zhangsan", faults=faults)
+    params = valid_params(broker, client_id)
+    response = follow_until(
+        requests.Session(), authorize_url(broker.issuer, **params), params["redirect_uri"]
+    )
+    query = query_of(response.headers["Location"])
+    assert query["error"] == "server_error"
+    assert fragment in query["error_description"]
+    assert "code" not in query
