@@ -86,7 +86,8 @@ _RESERVED_REDIRECT_PARAMS: Final = frozenset({"code", "state", "iss"})
 #: JWK members that only a private key has; a client's ``jwks`` must be public.
 _PRIVATE_JWK_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MIN_SECRET_KEY_BITS: Final = 256
-_MIN_CLIENT_SECRET_CHARS: Final = 16
+# DESIGN.md: client secrets carry >= 128 bits; 22 base64url characters are 132 bits.
+_MIN_CLIENT_SECRET_CHARS: Final = 22
 _MIN_PAIRWISE_SALT_CHARS: Final = 16
 _MAX_CODE_LIFETIME: Final = 600
 #: Placeholder words that show up in sample configs and tutorials (normalised: lowercase,

@@ -107,7 +107,9 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         if stored is None:
             return None
         user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time)
-        return ClientUser(user, self.request.client)
+        principal = ClientUser(user, self.request.client)
+        # A user this client cannot name (e.g. no UnionID) gets no token: invalid_grant.
+        return principal if self.server.ctx.can_name(principal) else None
 
 
 class OpenIDCodeExtension(OpenIDCode):  # type: ignore[misc]

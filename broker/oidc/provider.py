@@ -165,6 +165,8 @@ class Provider:
         if want_unionid and not identity.unionid:
             return self._error(redirect_uri, "server_error", "QQ returned no UnionID.", rp_state)
         user = self._remember(identity)
+        if user is None:
+            return self._error(redirect_uri, "server_error", "QQ identity conflict.", rp_state)
         request = OAuth2Request("GET", f"{self.ctx.config.issuer}/authorize")
         request.payload = BasicOAuth2Payload(dict(params))
         grant = self.server.get_authorization_grant(request)
@@ -196,11 +198,22 @@ class Provider:
             )
         return tx
 
-    def _remember(self, identity: Identity) -> EndUser:
+    def _remember(self, identity: Identity) -> EndUser | None:
+        """Store the user's latest profile; None if QQ's ids conflict with what we know.
+
+        A login that did not ask for the UnionID keeps the stored one, so clients
+        keyed on it still work; a different UnionID for a known OpenID is refused
+        (security-checklist UP-09) rather than silently relinked.
+        """
         now = int(time.time())
+        known = self.ctx.store.get_user(identity.openid)
+        unionid = identity.unionid or (known.unionid if known else None)
+        if known and known.unionid and identity.unionid and known.unionid != identity.unionid:
+            log.error("QQ returned a different UnionID for a known OpenID; login refused")
+            return None
         profile = stored_profile(identity.nickname, identity.picture, identity.profile)
-        self.ctx.store.upsert_user(UserRecord(identity.openid, identity.unionid, profile, now))
-        return EndUser(identity.openid, identity.unionid, profile, auth_time=now)
+        self.ctx.store.upsert_user(UserRecord(identity.openid, unionid, profile, now))
+        return EndUser(identity.openid, unionid, profile, auth_time=now)
 
     def _error(
         self, redirect_uri: str, error: str, description: str, state: str | None

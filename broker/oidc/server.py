@@ -16,7 +16,7 @@ from authlib.oidc.core import UserInfoEndpoint
 
 from broker.config import Config
 from broker.keys import KeyRing
-from broker.oidc.claims import subject_for, user_claims
+from broker.oidc.claims import SubjectUnavailable, subject_for, user_claims
 from broker.oidc.grants import (
     AuthorizationCodeGrant,
     ClientUser,
@@ -37,16 +37,28 @@ class ProviderContext:
     clients: Mapping[str, Client]
     pairwise_salt: bytes
 
-    def claims_for(self, principal: ClientUser, scope: str) -> dict[str, Any]:
-        client = principal.client.config
-        subject = subject_for(
-            client, principal.user, self.config.upstream.qq.subject, self.pairwise_salt
+    def can_name(self, principal: ClientUser) -> bool:
+        """Whether this client's subject strategy yields a ``sub`` for this user."""
+        try:
+            self.subject(principal)
+        except SubjectUnavailable:
+            return False
+        return True
+
+    def subject(self, principal: ClientUser) -> str:
+        return subject_for(
+            principal.client.config,
+            principal.user,
+            self.config.upstream.qq.subject,
+            self.pairwise_salt,
         )
+
+    def claims_for(self, principal: ClientUser, scope: str) -> dict[str, Any]:
         return user_claims(
-            client=client,
+            client=principal.client.config,
             user=principal.user,
             scope=scope,
-            subject=subject,
+            subject=self.subject(principal),
             claims_config=self.config.claims,
         )
 
@@ -77,7 +89,10 @@ class BrokerBearerTokenValidator(BearerTokenValidator):  # type: ignore[misc]
         if client is None or stored is None:
             return None
         user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time)
-        return AccessToken(record, client, ClientUser(user, client))  # type: ignore[arg-type]
+        principal = ClientUser(user, client)
+        if not self.ctx.can_name(principal):
+            return None
+        return AccessToken(record, client, principal)  # type: ignore[arg-type]
 
 
 class BrokerUserInfoEndpoint(UserInfoEndpoint):  # type: ignore[misc]

@@ -274,3 +274,14 @@ def test_no_private_key_import_per_token(
         )
         assert built == [], f"{client_id}: keys built per request: {built}"
         assert jwt.PyJWKSet.from_dict(jwks)[jwt.get_unverified_header(token["id_token"])["kid"]]
+
+
+def test_login_without_unionid_keeps_the_stored_one(broker: Broker, emulator: Emulator) -> None:
+    """Clients with different subject strategies share users: an openid-only login must not
+    erase the UnionID that a unionid client's tokens depend on."""
+    union_rp = RelyingParty(broker, "rp-unionid")
+    first = union_rp.login(emulator, user="lisi")
+    RelyingParty(broker, "rp-basic").login(emulator, user="lisi")
+    again = union_rp.session.get(union_rp.meta["userinfo_endpoint"])
+    assert again.status_code == 200
+    assert again.json()["sub"] == first["claims"]["sub"] == emulator.user("lisi")["unionid"]
