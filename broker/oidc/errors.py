@@ -20,14 +20,14 @@ class BadAuthorizationRequest(Exception):
         self.status = status
 
 
-_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
+_UNSAFE = re.compile(r"[^A-Za-z0-9 .,:;()'_/=+-]")
 
 
 def safe_description(text: str, limit: int = 200) -> str:
-    """RFC 6749 §4.1.2.1: error_description is ASCII without ``"`` and ``\\``.
+    """RFC 6749 §4.1.2.1: error_description is printable ASCII without ``"`` and ``\\``.
 
-    Authlib raises on anything else, and descriptions may echo request input
-    or QQ's Chinese text, so they are cleaned before they leave the broker.
+    Authlib raises on anything else. Beyond the RFC, markup characters go too:
+    relying parties do render descriptions, so nothing here may carry HTML.
     """
     return _UNSAFE.sub("?", text)[:limit]
 

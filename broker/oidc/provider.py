@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Request
+from authlib.oauth2.rfc6749 import OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from flask import Response, jsonify
 
@@ -24,20 +24,16 @@ from broker.oidc.claims import stored_profile
 from broker.oidc.discovery import provider_metadata
 from broker.oidc.errors import BadAuthorizationRequest, error_redirect_uri, safe_description
 from broker.oidc.models import Client, EndUser
+from broker.oidc.request_policy import check_authorization_parameters, parked_parameters
 from broker.oidc.server import BrokerAuthorizationServer, ProviderContext
 from broker.storage.base import LoginTransaction, UserRecord, digest
 
 log = logging.getLogger("broker.oidc")
 
-#: RFC 6749 §3.1: these must not repeat (Authlib checks only five of them).
-SINGLE_VALUED = (
-    "client_id", "redirect_uri", "response_type", "scope", "state", "nonce", "code_challenge",
-    "code_challenge_method", "prompt", "max_age", "id_token_hint", "request", "request_uri",
-    "response_mode", "login_hint", "ui_locales", "display", "claims", "acr_values",
-)  # fmt: skip
-#: Bounds on what a pending login may carry (stored server-side until QQ answers).
-MAX_PARAM_CHARS = 2048
-MAX_PARAMS = 40
+#: Authlib builds some descriptions from request input; these errors get constant text.
+FIXED_DESCRIPTIONS = {"unsupported_response_type": "Only response_type=code is supported."}
+#: How often expired logins, codes and tokens are purged (by whichever request comes by).
+PURGE_INTERVAL = 60
 
 
 @dataclass(frozen=True)
@@ -63,6 +59,7 @@ class Provider:
         self.server = BrokerAuthorizationServer(ctx)
         self.callback_url = f"{ctx.config.issuer}/qq/callback"
         self.metadata = provider_metadata(ctx.config)
+        self._next_purge = 0
 
     # -- /authorize ------------------------------------------------------------
 
@@ -72,21 +69,23 @@ class Provider:
         client, redirect_uri = self._verified_client_and_redirect(request)
         state = request.payload.state
         try:
-            self._check_parameters(request)
+            check_authorization_parameters(request.payload.datalist)
             self.server.get_consent_grant(end_user=None)
         except OAuth2Error as err:
-            return self._error(redirect_uri, err.error, err.description or err.error, state)
+            description = FIXED_DESCRIPTIONS.get(err.error) or err.description or err.error
+            return self._error(redirect_uri, err.error, description, state)
         except ValueError:
             # Authlib refuses descriptions that echo unsafe request input.
             return self._error(redirect_uri, "invalid_request", "Malformed request.", state)
 
         now = int(time.time())
+        self._housekeeping(now)
         upstream_state = _new_state()
         self.ctx.store.create_login(
             LoginTransaction(
                 state_digest=digest(upstream_state),
                 client_id=client.client_id,
-                request_params=dict(request.payload.data),
+                request_params=parked_parameters(request.payload.data),
                 browser_digest=digest(browser_secret),
                 created_at=now,
                 expires_at=now + self.ctx.config.lifetimes.login,
@@ -97,6 +96,14 @@ class Provider:
             redirect_uri=self.callback_url, state=upstream_state, display=display
         )
         return LoginStart(url)
+
+    def _housekeeping(self, now: int) -> None:
+        """Purge expired rows now and then, so abandoned logins cannot pile up."""
+        if now >= self._next_purge:
+            self._next_purge = now + PURGE_INTERVAL
+            removed = self.ctx.store.purge_expired(now)
+            if removed:
+                log.info("purged %d expired logins, codes and tokens", removed)
 
     def _verified_client_and_redirect(self, request: OAuth2Request) -> tuple[Client, str]:
         """RFC 6749 §4.1.2.1: without a known client and registered URI, never redirect."""
@@ -121,21 +128,6 @@ class Provider:
                 "unregistered_redirect_uri", "The redirect_uri is not registered for this client."
             )
         return client, redirect_uri
-
-    def _check_parameters(self, request: OAuth2Request) -> None:
-        """Refuse duplicated and oversized parameters before anything is stored."""
-        datalist = request.payload.datalist
-        for name in SINGLE_VALUED:
-            if len(datalist.get(name, [])) > 1:
-                raise InvalidRequestError(f"Multiple '{name}' in request.")
-        if len(datalist) > MAX_PARAMS:
-            raise InvalidRequestError("Too many parameters.")
-        for name, values in datalist.items():
-            if len(name) > 64 or any(len(v) > MAX_PARAM_CHARS for v in values):
-                raise InvalidRequestError(f"Parameter '{name[:64]}' is too long.")
-        if "request" in datalist or "request_uri" in datalist:
-            # OIDC Core §6.1/§6.2: not supported, and never fetched (no SSRF).
-            raise _RequestObjectsUnsupported("request" in datalist)
 
     # -- /qq/callback ------------------------------------------------------------
 
@@ -246,14 +238,6 @@ class Provider:
 
     def jwks(self) -> dict[str, Any]:
         return self.ctx.keyring.jwks()
-
-
-class _RequestObjectsUnsupported(OAuth2Error):  # type: ignore[misc]
-    """OIDC Core §6: request / request_uri are refused with their own error codes."""
-
-    def __init__(self, by_value: bool) -> None:
-        super().__init__(description="Request objects are not supported.")
-        self.error = "request_not_supported" if by_value else "request_uri_not_supported"
 
 
 #: ASCII descriptions for the relying party, per connector message key (RFC 6749 §4.1.2.1);

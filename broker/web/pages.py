@@ -8,8 +8,8 @@ from broker.web.messages import TITLES, message, pick_locale
 
 
 def current_locale() -> str:
-    ui_locales = request.values.get("ui_locales") if request.method in {"GET", "POST"} else None
-    return pick_locale(ui_locales, request.accept_languages.values())
+    """``ui_locales`` from the query only: an error page must never parse (or re-reject) a body."""
+    return pick_locale(request.args.get("ui_locales"), request.accept_languages.values())
 
 
 def error_page(message_key: str, status: int, detail: str | None = None) -> Response:

@@ -85,7 +85,9 @@ def test_error_page_escapes_and_speaks_the_users_language(broker: Broker) -> Non
     ("overrides", "error"),
     [
         ({"response_type": "token"}, "unsupported_response_type"),
-        ({"response_type": None}, "unsupported_response_type"),
+        ({"response_type": None}, "invalid_request"),
+        ({"response_mode": "form_post"}, "invalid_request"),
+        ({"max_age": "abc"}, "invalid_request"),
         ({"scope": "profile"}, "invalid_scope"),
         ({"code_challenge_method": "plain"}, "invalid_request"),
         ({"code_challenge": "short"}, "invalid_request"),
@@ -314,3 +316,48 @@ def test_error_description_names_the_upstream_problem(
     assert query["error"] == "server_error"
     assert fragment in query["error_description"]
     assert "code" not in query
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/authorize", 413), ("/token", 413), ("/qq/callback", 405), ("/no-such-page", 404)],
+)
+def test_oversized_bodies_never_break_error_pages(broker: Broker, path: str, status: int) -> None:
+    response = requests.post(f"{broker.issuer}{path}", data={"x": "y" * 70_000}, timeout=10)
+    assert response.status_code == status
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"response_type": "<svg/onload=alert(1)>"},
+        {"scope": "openid <b>x</b>", "response_type": "code token"},
+        {"<img src=x onerror=alert(1)>" + "x" * 80: "1", "nonce": "<script>" * 100},
+    ],
+)
+def test_error_descriptions_never_echo_markup(broker: Broker, overrides: dict[str, str]) -> None:
+    params = valid_params(broker, **overrides)
+    response = requests.get(
+        authorize_url(broker.issuer, **params), allow_redirects=False, timeout=5
+    )
+    assert response.status_code == 302
+    description = query_of(response.headers["Location"]).get("error_description", "")
+    assert description and not set('<>\\"&') & set(description)
+    assert "svg" not in description and "script" not in description and "img" not in description
+
+
+def test_pending_logins_store_only_known_parameters(broker: Broker) -> None:
+    from sqlalchemy import create_engine, text
+
+    params = valid_params(broker, state="unique-state-for-storage-test", extra_junk="z" * 500)
+    response = requests.get(
+        authorize_url(broker.issuer, **params), allow_redirects=False, timeout=5
+    )
+    assert response.status_code == 302
+    engine = create_engine(broker.config.storage.url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT request_params FROM login_transactions")).fetchall()
+    engine.dispose()
+    stored = [r[0] for r in rows if "unique-state-for-storage-test" in str(r[0])]
+    assert stored and "extra_junk" not in stored[0]
