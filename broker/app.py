@@ -6,6 +6,7 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, g, request
 
@@ -70,7 +71,7 @@ def create_app(
     register_error_handlers(app)
     app.before_request(_assign_request_id)
     app.after_request(add_security_headers)
-    app.wsgi_app = _canonical_scheme(app.wsgi_app, config.issuer)  # type: ignore[method-assign,assignment]
+    app.wsgi_app = _mount_at_issuer(app.wsgi_app, config.issuer)  # type: ignore[method-assign,assignment]
     return app
 
 
@@ -93,17 +94,27 @@ def _assign_request_id() -> None:
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-def _canonical_scheme(wsgi_app: WSGIApp, issuer: str) -> WSGIApp:
-    """Requests arrive with the issuer's scheme, whatever the proxy in front says.
+def _mount_at_issuer(wsgi_app: WSGIApp, issuer: str) -> WSGIApp:
+    """Serve the app at the issuer's scheme and path, whatever the proxy in front says.
 
     URLs are always built from the configured issuer, never from Host or
-    X-Forwarded-*; this only keeps Authlib's transport check (which reads the
-    request URL) from refusing requests that a TLS proxy forwards over http.
+    X-Forwarded-*. The scheme only keeps Authlib's transport check (which reads
+    the request URL) from refusing requests a TLS proxy forwards over http; the
+    path lets an issuer such as ``https://example.com/oidc`` serve its
+    endpoints under ``/oidc`` (OIDC Discovery §4: ``{issuer}/.well-known/...``).
     """
-    scheme = issuer.split(":", 1)[0]
+    parts = urlsplit(issuer)
+    prefix = parts.path.rstrip("/")
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        environ["wsgi.url_scheme"] = scheme
+        environ["wsgi.url_scheme"] = parts.scheme
+        if prefix:
+            path = environ.get("PATH_INFO", "")
+            if path != prefix and not path.startswith(prefix + "/"):
+                start_response("404 Not Found", [("Content-Type", "text/plain")])
+                return [b"Not Found"]
+            environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + prefix
+            environ["PATH_INFO"] = path[len(prefix) :]
         return wsgi_app(environ, start_response)
 
     return app

@@ -202,18 +202,22 @@ class Pair:
 
 
 def start_pair(
-    base_dir: Path, *, connector_options: dict[str, Any] | None = None, **config_overrides: Any
+    base_dir: Path,
+    *,
+    connector_options: dict[str, Any] | None = None,
+    issuer_path: str = "",
+    **config_overrides: Any,
 ) -> Pair:
     """Start an emulator and a broker wired to each other, with the given overrides."""
     from broker.connectors.qq import QQConnector
 
     port, key = free_port(), secrets.token_hex(16)
     settings = EmulatorSettings(
-        app_id=APP_ID, app_key=key, callbacks=[f"http://127.0.0.1:{port}/qq/callback"]
+        app_id=APP_ID, app_key=key, callbacks=[f"http://127.0.0.1:{port}{issuer_path}/qq/callback"]
     )
     emulator = Emulator(serve(create_emulator_app(settings)))
     config = broker_config(
-        base_dir, f"http://127.0.0.1:{port}", emulator.url, key, **config_overrides
+        base_dir, f"http://127.0.0.1:{port}{issuer_path}", emulator.url, key, **config_overrides
     )
     connector = None
     if connector_options:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -18,7 +19,7 @@ import pytest
 import requests
 from authlib.integrations.requests_client import OAuth2Session
 
-from tests.conftest import Broker, Emulator
+from tests.conftest import Broker, Emulator, start_pair
 from tests.flows import follow_until, query_of
 
 
@@ -285,3 +286,21 @@ def test_login_without_unionid_keeps_the_stored_one(broker: Broker, emulator: Em
     again = union_rp.session.get(union_rp.meta["userinfo_endpoint"])
     assert again.status_code == 200
     assert again.json()["sub"] == first["claims"]["sub"] == emulator.user("lisi")["unionid"]
+
+
+def test_issuer_with_a_path_serves_everything_under_it(tmp_path: Path) -> None:
+    pair = start_pair(tmp_path, issuer_path="/oidc")
+    try:
+        broker = pair.broker
+        assert broker.issuer.endswith("/oidc")
+        meta = broker.metadata()
+        assert meta["issuer"] == broker.issuer
+        assert meta["authorization_endpoint"] == f"{broker.issuer}/authorize"
+        result = RelyingParty(broker, "rp-basic").login(pair.emulator)
+        assert result["claims"]["iss"] == broker.issuer
+        root = broker.issuer.removesuffix("/oidc")
+        assert (
+            requests.get(f"{root}/.well-known/openid-configuration", timeout=5).status_code == 404
+        )
+    finally:
+        pair.stop()
