@@ -81,8 +81,10 @@ ACCESS_TOKEN_FORMATS: Final = ("opaque", "jwt")
 PICTURE_POLICIES: Final = ("https", "proxy", "passthrough")
 
 #: Query parameters the broker itself puts on redirects; a registered URI that already
-#: carries one would let an attacker-controlled value shadow the real one.
-_RESERVED_REDIRECT_PARAMS: Final = frozenset({"code", "state", "iss"})
+#: carries one would let an attacker-controlled value shadow the real one (RFC 6749 §4.1.2, RFC 9207).
+_RESERVED_REDIRECT_PARAMS: Final = frozenset(
+    {"code", "state", "iss", "error", "error_description", "error_uri"}
+)
 #: JWK members that only a private key has; a client's ``jwks`` must be public.
 _PRIVATE_JWK_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MIN_SECRET_KEY_BITS: Final = 256

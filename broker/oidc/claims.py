@@ -83,15 +83,28 @@ def picture_claim(url: Any, policy: str) -> str | None:
     return None
 
 
-def profile_claims(user: EndUser, claims_config: ClaimsConfig) -> dict[str, Any]:
-    """The ``profile`` scope's claims (OIDC Core §5.4), omitting what QQ left empty."""
+def reveals_qq_ids(url: str, user: EndUser) -> bool:
+    """QQ's older avatar URLs embed the OpenID (``/qqapp/{appid}/{openid}/40``)."""
+    lowered = url.lower()
+    ids = [user.user_id, user.unionid or ""]
+    return any(i and i.lower() in lowered for i in ids) or "/qqapp/" in lowered
+
+
+def profile_claims(
+    user: EndUser, claims_config: ClaimsConfig, may_see_openid: bool = True
+) -> dict[str, Any]:
+    """The ``profile`` scope's claims (OIDC Core §5.4), omitting what QQ left empty.
+
+    A client that must not learn the OpenID (pairwise or UnionID subjects) gets
+    no avatar URL that contains it (security-checklist UP-11).
+    """
     claims: dict[str, Any] = {}
     nickname = clean_nickname(user.profile.get("nickname"))
     if nickname:
         claims["name"] = nickname
         claims["nickname"] = nickname
     picture = picture_claim(user.profile.get("picture"), claims_config.picture)
-    if picture:
+    if picture and (may_see_openid or not reveals_qq_ids(picture, user)):
         claims["picture"] = picture
     if claims_config.gender:
         gender = {"男": "male", "女": "female"}.get(str(user.profile.get("gender", "")))
@@ -112,7 +125,8 @@ def user_claims(
     claims: dict[str, Any] = {"sub": subject}
     scopes = set(scope_to_list(scope or ""))
     if "profile" in scopes:
-        claims.update(profile_claims(user, claims_config))
+        may_see_openid = subject == user.user_id or client.expose_qq_ids
+        claims.update(profile_claims(user, claims_config, may_see_openid))
     if client.email == "synthetic" and "email" in scopes:
         claims["email"] = f"{subject}@{claims_config.email_domain}"
         claims["email_verified"] = False

@@ -12,7 +12,7 @@ from authlib.oidc.discovery import OpenIDProviderMetadata
 
 from broker.config import Config
 
-BASE_CLAIMS = ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "azp"]
+BASE_CLAIMS = ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash"]
 PROFILE_CLAIMS = ["name", "nickname", "picture"]
 
 
@@ -23,8 +23,10 @@ def provider_metadata(config: Config) -> dict[str, Any]:
     if any(client.subject == "pairwise" for client in config.clients):
         subject_types.append("pairwise")
     claims = BASE_CLAIMS + PROFILE_CLAIMS
+    scopes = ["openid", "profile"]
     if any(client.email == "synthetic" for client in config.clients):
         claims += ["email", "email_verified"]
+        scopes.append("email")
     if config.claims.gender:
         claims.append("gender")
     if any(client.expose_qq_ids for client in config.clients):
@@ -36,7 +38,7 @@ def provider_metadata(config: Config) -> dict[str, Any]:
             "token_endpoint": f"{issuer}/token",
             "userinfo_endpoint": f"{issuer}/userinfo",
             "jwks_uri": f"{issuer}/jwks.json",
-            "scopes_supported": ["openid", "profile", "email"],
+            "scopes_supported": scopes,
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "grant_types_supported": ["authorization_code"],

@@ -115,7 +115,8 @@ class Store(Protocol):
 
     def get_token(self, token_digest: str) -> TokenRecord | None: ...
 
-    def upsert_user(self, user: UserRecord) -> None: ...
+    def upsert_user(self, user: UserRecord) -> None:
+        """Insert or update; a ``None`` UnionID keeps the stored one."""
 
     def get_user(self, user_id: str) -> UserRecord | None: ...
 

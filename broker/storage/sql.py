@@ -243,17 +243,18 @@ class SQLStore:
     @_guarded
     def upsert_user(self, user: UserRecord) -> None:
         table = schema.users
-        values = {
-            "unionid": user.unionid,
-            "profile": dict(user.profile),
-            "updated_at": user.updated_at,
-        }
+        values = {"profile": dict(user.profile), "updated_at": user.updated_at}
         with self._engine.begin() as conn:
+            # A login that did not ask for the UnionID must not erase the known one.
             updated = conn.execute(
-                sa.update(table).where(table.c.user_id == user.user_id).values(**values)
+                sa.update(table)
+                .where(table.c.user_id == user.user_id)
+                .values(unionid=sa.func.coalesce(user.unionid, table.c.unionid), **values)
             ).rowcount
             if updated == 0:
-                conn.execute(sa.insert(table).values(user_id=user.user_id, **values))
+                conn.execute(
+                    sa.insert(table).values(user_id=user.user_id, unionid=user.unionid, **values)
+                )
 
     @_guarded
     def get_user(self, user_id: str) -> UserRecord | None:

@@ -133,3 +133,9 @@ def test_driver_errors_become_storage_errors(tmp_path: Path) -> None:
         broken.create_schema()
     with pytest.raises(StorageError):
         broken.get_user("x")
+
+
+def test_upsert_without_unionid_keeps_the_stored_one(store: Store) -> None:
+    store.upsert_user(UserRecord("OPENID2", "UID_Y", {"nickname": "a"}, 1))
+    store.upsert_user(UserRecord("OPENID2", None, {"nickname": "b"}, 2))
+    assert store.get_user("OPENID2") == UserRecord("OPENID2", "UID_Y", {"nickname": "b"}, 2)
