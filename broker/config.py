@@ -81,7 +81,8 @@ ACCESS_TOKEN_FORMATS: Final = ("opaque", "jwt")
 PICTURE_POLICIES: Final = ("https", "proxy", "passthrough")
 
 #: Query parameters the broker itself puts on redirects; a registered URI that already
-#: carries one would let an attacker-controlled value shadow the real one (RFC 6749 §4.1.2, RFC 9207).
+#: carries one would let an attacker-controlled value shadow the real one
+#: (RFC 6749 §4.1.2, RFC 9207).
 _RESERVED_REDIRECT_PARAMS: Final = frozenset(
     {"code", "state", "iss", "error", "error_description", "error_uri"}
 )
