@@ -25,7 +25,7 @@ def merged_params() -> dict[str, str]:
 def begin(endpoint: str, latency_key: str, params: dict[str, str]) -> EmulatorState:
     """Log the request, then apply the configured latency; returns the state."""
     state = current_state()
-    state.record(endpoint, request.method, request.path, params)
+    state.record(endpoint, request.method, request.path, params, sorted(request.args))
     delay = state.control.latency_seconds(latency_key)
     if delay > 0:
         time.sleep(delay)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,13 +125,25 @@ class EmulatorState:
         with self._lock:
             self._reset_locked()
 
-    def record(self, endpoint: str, method: str, path: str, params: Mapping[str, str]) -> None:
-        """Append one QQ endpoint request to the log, secrets masked."""
+    def record(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        query_names: Sequence[str] = (),
+    ) -> None:
+        """Append one QQ endpoint request to the log, secrets masked.
+
+        ``query_names`` says which parameters came in the URL (rather than the
+        body), so tests can check that no secret travels where logs can see it.
+        """
         entry = {
             "endpoint": endpoint,
             "method": method,
             "path": path,
             "params": mask_params(params),
+            "query_names": list(query_names),
         }
         with self._lock:
             self._log.append(entry)
