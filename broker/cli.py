@@ -167,8 +167,6 @@ def dev_config(
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from waitress import serve
-
     from broker.emulator import EmulatorSettings, create_emulator_app
     from broker.web.demo import create_demo_app
 
@@ -185,25 +183,33 @@ def cmd_dev(args: argparse.Namespace) -> int:
         )
     )
     demo = create_demo_app(config.issuer, "demo", demo_secret, config.clients[0].redirect_uris[0])
-    broker = _build_app(config)
-    for app, port in ((emulator, args.emulator_port), (demo, args.demo_port)):
-        threading.Thread(
-            target=serve,
-            args=(app,),
-            kwargs={"host": "127.0.0.1", "port": port, "threads": 4},
-            daemon=True,
-        ).start()
+    # Bind every port before saying anything, so a taken port is one clear line.
+    servers = [
+        _bind(_build_app(config), args.port, "--port"),
+        _bind(emulator, args.emulator_port, "--emulator-port"),
+        _bind(demo, args.demo_port, "--demo-port"),
+    ]
+    for server in servers[1:]:
+        threading.Thread(target=server.run, daemon=True).start()
     print(
-        "\nqq-oidc-broker dev mode\n"
-        f"  Open the demo:      http://127.0.0.1:{args.demo_port}/\n"
-        f"  Broker (issuer):    {config.issuer}\n"
-        f"  Discovery:          {config.issuer}/.well-known/openid-configuration\n"
-        f"  QQ emulator:        {qq.base_url}\n"
-        f"  Data (SQLite, keys): {data_dir}\n",
+        f"\nqq-oidc-broker dev: open http://127.0.0.1:{args.demo_port}/ and click Login with QQ.\n"
+        f"(broker on port {args.port}, QQ emulator on port {args.emulator_port}, "
+        f"data in {data_dir})\n",
         flush=True,
     )
-    serve(broker, host="127.0.0.1", port=args.port, threads=8)
+    servers[0].run()
     return EXIT_OK
+
+
+def _bind(app: Any, port: int, option: str) -> Any:
+    from waitress.server import create_server
+
+    try:
+        return create_server(app, host="127.0.0.1", port=port, threads=8)
+    except OSError as err:
+        raise UsageError(
+            f"{option} {port}: cannot listen on 127.0.0.1:{port} ({err.strerror})"
+        ) from err
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:

@@ -100,7 +100,7 @@ def wait_until_up(url: str, timeout: float = 30) -> None:
 
 
 def test_newcomer_logs_in_through_the_demo(dev_mode: dict[str, str]) -> None:
-    assert "Open the demo" in dev_mode["banner"]
+    assert "open http://127.0.0.1:" in dev_mode["banner"]
     browser = requests.Session()
     home = browser.get(dev_mode["demo"], timeout=10)
     assert "Login with QQ" in home.text
@@ -120,3 +120,30 @@ def test_newcomer_logs_in_through_the_demo(dev_mode: dict[str, str]) -> None:
     assert "signature verified" in result.text
     assert "张三" in result.text  # nickname from get_user_info, in the verified claims
     assert dev_mode["issuer"] in result.text  # iss of the ID token
+
+
+def test_dev_with_a_taken_port_says_so_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = [
+            sys.executable,
+            "-m",
+            "broker",
+            "dev",
+            "--port",
+            str(free_port()),
+            "--emulator-port",
+            str(free_port()),
+            "--demo-port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "dev-data"),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"--demo-port {port}" in result.stderr
+    assert "Traceback" not in result.stderr and "open http" not in result.stdout
