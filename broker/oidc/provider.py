@@ -176,18 +176,18 @@ class Provider:
         state = (args.get("state") or [""])[0]
         if not state or len(state) > 128:
             raise BadAuthorizationRequest("callback_no_state", "The callback has no valid state.")
-        tx = self.ctx.store.consume_login(digest(state))
+        # RFC 9700 §4.7: only the browser that started the login may finish it.
+        tx = self.ctx.store.consume_login(digest(state), digest(browser_secret or ""))
         if tx is None:
+            if self.ctx.store.login_status(digest(state)) == "pending":
+                raise BadAuthorizationRequest(
+                    "login_other_browser", "This login was started in another browser."
+                )
             raise BadAuthorizationRequest(
                 "login_unknown", "This login is unknown or was already completed."
             )
         if tx.expires_at <= int(time.time()):
             raise BadAuthorizationRequest("login_expired", "This login has expired.")
-        if not browser_secret or digest(browser_secret) != tx.browser_digest:
-            # RFC 9700 §4.7: the callback must come back to the browser that started the login.
-            raise BadAuthorizationRequest(
-                "login_other_browser", "This login was started in another browser."
-            )
         return tx
 
     def _remember(self, identity: Identity) -> EndUser | None:
@@ -234,7 +234,7 @@ class Provider:
             response: Response = self.server.create_endpoint_response("userinfo")
         except ValueError:
             response = _json_error("invalid_request", "Malformed request.", 400)
-        return response
+        return _rfc6750_challenge(response)
 
     def jwks(self) -> dict[str, Any]:
         return self.ctx.keyring.jwks()
@@ -268,4 +268,24 @@ def _json_error(error: str, description: str, status: int) -> Response:
     response.status_code = status
     response.headers["Cache-Control"] = "no-store"
     response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def _rfc6750_challenge(response: Response) -> Response:
+    """RFC 6750 §3/§3.1 challenges for what Authlib reports with non-standard codes.
+
+    No credentials: a bare ``Bearer`` challenge without an error code. Any
+    other scheme (e.g. Basic): ``invalid_request``.
+    """
+    if response.status_code != 401:
+        return response
+    challenge = response.headers.get("WWW-Authenticate", "")
+    if 'error="missing_authorization"' in challenge:
+        fixed = Response(status=401)
+        fixed.headers["WWW-Authenticate"] = "Bearer"
+        return fixed
+    if 'error="unsupported_token_type"' in challenge:
+        fixed = _json_error("invalid_request", "Use an 'Authorization: Bearer' header.", 400)
+        fixed.headers["WWW-Authenticate"] = 'Bearer error="invalid_request"'
+        return fixed
     return response

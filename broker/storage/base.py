@@ -100,11 +100,15 @@ class Store(Protocol):
 
     def create_login(self, tx: LoginTransaction) -> None: ...
 
-    def consume_login(self, state_digest: str) -> LoginTransaction | None:
-        """Atomically mark a login used and return it; None if unknown or already used.
+    def consume_login(self, state_digest: str, browser_digest: str) -> LoginTransaction | None:
+        """Atomically mark a login used and return it, only for the browser that started it.
 
-        Expiry is left to the caller so it can tell the user which one happened.
+        None if unknown, already used, or bound to another browser (so a leaked
+        callback URL cannot be burned elsewhere). Expiry is left to the caller.
         """
+
+    def login_status(self, state_digest: str) -> str:
+        """Why a login could not be consumed: ``unknown``, ``used`` or ``pending``."""
 
     def save_code(self, code: AuthorizationCodeRecord) -> None: ...
 

@@ -132,12 +132,16 @@ class SQLStore:
             )
 
     @_guarded
-    def consume_login(self, state_digest: str) -> LoginTransaction | None:
+    def consume_login(self, state_digest: str, browser_digest: str) -> LoginTransaction | None:
         table = schema.login_transactions
         with self._engine.begin() as conn:
             taken = conn.execute(
                 sa.update(table)
-                .where(table.c.state_digest == state_digest, table.c.used.is_(False))
+                .where(
+                    table.c.state_digest == state_digest,
+                    table.c.browser_digest == browser_digest,
+                    table.c.used.is_(False),
+                )
                 .values(used=True)
             ).rowcount
             if taken != 1:
@@ -151,6 +155,17 @@ class SQLStore:
             created_at=row.created_at,
             expires_at=row.expires_at,
         )
+
+    @_guarded
+    def login_status(self, state_digest: str) -> str:
+        table = schema.login_transactions
+        with self._engine.connect() as conn:
+            used = conn.execute(
+                sa.select(table.c.used).where(table.c.state_digest == state_digest)
+            ).scalar()
+        if used is None:
+            return "unknown"
+        return "used" if used else "pending"
 
     # -- authorization codes -------------------------------------------------
 

@@ -16,6 +16,16 @@ bp = Blueprint("web", __name__, static_folder="static", template_folder="templat
 BROWSER_COOKIE = "qqb_browser"
 
 
+def browser_cookie_name() -> str:
+    """``__Host-`` in production: a sibling subdomain cannot plant or overwrite it.
+
+    Browsers accept that prefix only on Secure cookies, so loopback (http)
+    development uses the plain name.
+    """
+    dev = provider().ctx.config.is_development
+    return BROWSER_COOKIE if dev else f"__Host-{BROWSER_COOKIE}"
+
+
 def provider() -> Provider:
     found: Provider = current_app.extensions["qq_oidc_broker"]
     return found
@@ -50,9 +60,8 @@ def authorize() -> Response:
     response = _redirect(outcome.upstream_url)
     cfg = provider().ctx.config
     response.set_cookie(
-        BROWSER_COOKIE,
+        browser_cookie_name(),
         browser_secret,
-        max_age=cfg.lifetimes.login,
         httponly=True,
         samesite="Lax",
         secure=not cfg.is_development,
@@ -65,7 +74,7 @@ def authorize() -> Response:
 def qq_callback() -> Response:
     args = {key: request.args.getlist(key) for key in request.args}
     try:
-        outcome = provider().finish_login(args, request.cookies.get(BROWSER_COOKIE))
+        outcome = provider().finish_login(args, request.cookies.get(browser_cookie_name()))
     except BadAuthorizationRequest as err:
         return error_page(err.message_key, err.status, err.detail)
     if isinstance(outcome, RedirectToClient):
@@ -90,7 +99,7 @@ def healthz() -> Response:
 
 def _browser_secret() -> str:
     """Reuse the browser's login-binding secret (several tabs) or mint one."""
-    existing = request.cookies.get(BROWSER_COOKIE, "")
+    existing = request.cookies.get(browser_cookie_name(), "")
     if 32 <= len(existing) <= 64 and existing.replace("-", "").replace("_", "").isalnum():
         return existing
     return secrets.token_urlsafe(32)

@@ -73,9 +73,14 @@ def test_login_is_consumed_once(store: Store) -> None:
         digest("state"), "rp", {"state": "s", "nonce": "中文"}, digest("b"), now, now + 600
     )
     store.create_login(tx)
-    assert store.consume_login(digest("state")) == tx
-    assert store.consume_login(digest("state")) is None
-    assert store.consume_login(digest("unknown")) is None
+    assert store.login_status(digest("state")) == "pending"
+    assert store.consume_login(digest("state"), digest("other browser")) is None
+    assert store.login_status(digest("state")) == "pending"
+    assert store.consume_login(digest("state"), digest("b")) == tx
+    assert store.consume_login(digest("state"), digest("b")) is None
+    assert store.login_status(digest("state")) == "used"
+    assert store.consume_login(digest("unknown"), digest("b")) is None
+    assert store.login_status(digest("unknown")) == "unknown"
 
 
 def test_code_is_redeemed_once_and_only_before_expiry(store: Store) -> None:

@@ -286,9 +286,13 @@ def test_userinfo_requires_a_valid_bearer_token(broker: Broker) -> None:
     url = f"{broker.issuer}/userinfo"
     missing = requests.get(url, timeout=5)
     assert missing.status_code == 401
+    assert missing.headers["WWW-Authenticate"] == "Bearer"  # RFC 6750 §3.1: no error code
     garbage = requests.get(url, headers={"Authorization": "Bearer nope"}, timeout=5)
     assert garbage.status_code == 401
-    assert "invalid_token" in garbage.headers.get("WWW-Authenticate", "")
+    assert 'error="invalid_token"' in garbage.headers["WWW-Authenticate"]
+    assert "sub" not in garbage.json()
+    basic = requests.get(url, headers={"Authorization": "Basic eDp5"}, timeout=5)
+    assert basic.status_code == 400 and basic.json()["error"] == "invalid_request"
 
 
 def test_unknown_path_is_a_clean_404(broker: Broker) -> None:
