@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, g, request
 
-from broker.config import Config
+from broker.config import PRODUCTION_QQ_BASE_URL, Config
 from broker.connectors.base import Connector
 from broker.connectors.qq import QQConnector
 from broker.keys import KeyRing, load_or_create_secret
@@ -56,6 +56,9 @@ def create_app(
         config=config, store=store, keyring=keyring, clients=clients, pairwise_salt=salt
     )
 
+    for note in unenforced_settings(config):
+        log.warning("%s", note)
+
     app = Flask("broker", static_folder=None)
     app.config.update(
         SECRET_KEY=secret_key,
@@ -73,6 +76,31 @@ def create_app(
     app.after_request(add_security_headers)
     app.wsgi_app = _mount_at_issuer(app.wsgi_app, config.issuer)  # type: ignore[method-assign,assignment]
     return app
+
+
+def unenforced_settings(config: Config) -> list[str]:
+    """Settings the config accepts that this version does not act on yet, said out loud.
+
+    An operator who turns something on must not believe it works when it does not.
+    """
+    notes = []
+    if config.rate_limits.enabled:
+        notes.append("rate_limits: accepted, but requests are not rate-limited yet")
+    if config.claims.picture == "proxy":
+        notes.append("claims.picture: proxy behaves as https until the avatar proxy exists")
+    if not config.is_development and config.upstream.qq.base_url != PRODUCTION_QQ_BASE_URL:
+        notes.append(f"upstream.qq.base_url: a staging twin ({config.upstream.qq.base_url})")
+    for client in config.clients:
+        where = f"clients[{client.client_id}]"
+        if "refresh_token" in client.grant_types:
+            notes.append(f"{where}.grant_types: refresh tokens are not issued yet")
+        if client.post_logout_redirect_uris or client.backchannel_logout_uri:
+            notes.append(f"{where}: logout is not implemented yet")
+        if client.access_token_format == "jwt":
+            notes.append(f"{where}.access_token_format: jwt not implemented; tokens are opaque")
+        if client.token_endpoint_auth_method == "private_key_jwt":
+            notes.append(f"{where}: private_key_jwt is not supported yet; it cannot log in")
+    return notes
 
 
 def _client_record(client: Any) -> ClientRecord:

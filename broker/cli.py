@@ -100,7 +100,11 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from broker.app import unenforced_settings
+
     config = _load(args)
+    for note in unenforced_settings(config):
+        print(f"warning: {note}", file=sys.stderr)
     mode = "development" if config.is_development else "production"
     print(f"{config.source}: OK ({mode}, issuer {config.issuer}, {len(config.clients)} client(s))")
     return EXIT_OK

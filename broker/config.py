@@ -235,7 +235,7 @@ class ClientConfig:
     client_id: str
     client_secret: str | None = field(repr=False)
     redirect_uris: tuple[str, ...]
-    token_endpoint_auth_method: str = "client_secret_basic"  # noqa: S105 - a method name
+    token_endpoint_auth_method: str = "client_secret_basic"
     grant_types: tuple[str, ...] = ("authorization_code",)
     post_logout_redirect_uris: tuple[str, ...] = ()
     backchannel_logout_uri: str | None = None
@@ -243,7 +243,7 @@ class ClientConfig:
     sector_identifier_uri: str | None = None
     email: str = "omit"
     upstream_check: str = "cached"
-    access_token_format: str = "opaque"  # noqa: S105 - a format name
+    access_token_format: str = "opaque"
     id_token_signed_response_alg: str | None = None
     expose_qq_ids: bool = False
     jwks: Mapping[str, Any] | None = None

@@ -244,3 +244,10 @@ def test_console_script_is_installed() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_check_warns_about_settings_that_are_not_enforced_yet(tmp_path: Path) -> None:
+    text = GOOD.format(port=8000) + "rate_limits: {enabled: true}\n"
+    result = run("check", "--config", str(write_config(tmp_path, text)))
+    assert result.returncode == 0
+    assert "warning: rate_limits" in result.stderr

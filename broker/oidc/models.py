@@ -50,7 +50,7 @@ class Client(ClientMixin):  # type: ignore[misc]
 
     @property
     def is_public(self) -> bool:
-        return self.config.token_endpoint_auth_method == "none"  # noqa: S105
+        return self.config.token_endpoint_auth_method == "none"
 
     def get_client_id(self) -> str:
         return self.client_id

@@ -26,7 +26,7 @@ from broker.oidc.errors import BadAuthorizationRequest, error_redirect_uri, safe
 from broker.oidc.models import Client, EndUser
 from broker.oidc.request_policy import check_authorization_parameters, parked_parameters
 from broker.oidc.server import BrokerAuthorizationServer, ProviderContext
-from broker.storage.base import LoginTransaction, UserRecord, digest
+from broker.storage.base import LoginTransaction, StorageError, UserRecord, digest
 
 log = logging.getLogger("broker.oidc")
 
@@ -235,6 +235,16 @@ class Provider:
         except ValueError:
             response = _json_error("invalid_request", "Malformed request.", 400)
         return _rfc6750_challenge(response)
+
+    def readiness(self) -> tuple[bool, str]:
+        try:
+            self.ctx.store.ping()
+            self.ctx.keyring.signing_key(self.ctx.config.keys.algorithm)
+        except StorageError:
+            return False, "storage unavailable"
+        except KeyError:
+            return False, "no active signing key"
+        return True, "ok"
 
     def jwks(self) -> dict[str, Any]:
         return self.ctx.keyring.jwks()

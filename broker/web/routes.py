@@ -94,7 +94,17 @@ def userinfo() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
+    """Liveness: the process answers."""
     return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Readiness: storage answers and the active signing key is loaded."""
+    ready, detail = provider().readiness()
+    response = jsonify({"status": "ready" if ready else "unavailable", "detail": detail})
+    response.status_code = 200 if ready else 503
+    return response
 
 
 def _browser_secret() -> str:

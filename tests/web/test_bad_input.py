@@ -365,3 +365,9 @@ def test_pending_logins_store_only_known_parameters(broker: Broker) -> None:
     engine.dispose()
     stored = [r[0] for r in rows if "unique-state-for-storage-test" in str(r[0])]
     assert stored and "extra_junk" not in stored[0]
+
+
+def test_health_and_readiness(broker: Broker) -> None:
+    assert requests.get(f"{broker.issuer}/healthz", timeout=5).json() == {"status": "ok"}
+    ready = requests.get(f"{broker.issuer}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
