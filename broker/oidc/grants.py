@@ -121,6 +121,8 @@ class OpenIDCodeExtension(OpenIDCode):  # type: ignore[misc]
         self.server = server
 
     def exists_nonce(self, nonce: str, request: OAuth2Request) -> bool:
+        """Nonces are not tracked: OIDC Core §3.1.3.7 makes replay detection the RP's check
+        (it compares the ID token's nonce with the one it sent), and codes are single use."""
         return False
 
     def get_client_algorithm(self, client: Client) -> str:

@@ -40,7 +40,8 @@ authorization_codes = sa.Table(
     sa.Column("nonce", sa.Text, nullable=True),
     sa.Column("code_challenge", sa.String(128), nullable=True),
     sa.Column("code_challenge_method", sa.String(16), nullable=True),
-    # A used code is kept (a tombstone) until it expires, so a replay is recognised.
+    # A used code stays (a tombstone) until purged after expiry: a second redemption
+    # finds it used and fails (RFC 6749 §4.1.2).
     sa.Column("used", sa.Boolean, nullable=False, default=False),
 )
 
