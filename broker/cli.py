@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument(
         "--callback", action="append", help="registered callback URL (repeatable)"
     )
+    emulator.add_argument(
+        "--unionid", action="store_true", help="the app has UnionID enabled (else /me: 100048)"
+    )
     emulator.set_defaults(handler=cmd_emulator)
     return parser
 
@@ -183,7 +186,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     qq = config.upstream.qq
     emulator = create_emulator_app(
         EmulatorSettings(
-            app_id=qq.app_id, app_key=qq.app_key, callbacks=[f"{config.issuer}/qq/callback"]
+            app_id=qq.app_id,
+            app_key=qq.app_key,
+            callbacks=[f"{config.issuer}/qq/callback"],
+            unionid_enabled=True,  # the dev app has UnionID permission: try subject: unionid
         )
     )
     demo = create_demo_app(config.issuer, "demo", demo_secret, config.clients[0].redirect_uris[0])
@@ -242,7 +248,13 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         raise UsageError(f"--users: {err}") from err
     app = create_emulator_app(
-        EmulatorSettings(app_id=app_id, app_key=app_key, callbacks=callbacks, users=users)
+        EmulatorSettings(
+            app_id=app_id,
+            app_key=app_key,
+            callbacks=callbacks,
+            users=users,
+            unionid_enabled=args.unionid,
+        )
     )
     print(
         f"QQ emulator on http://{args.host}:{args.port} "

@@ -99,7 +99,7 @@ class EmulatorState:
         return openid_for(self.settings.app_id, user.id)
 
     def unionid(self, user: EmulatorUser) -> str:
-        return unionid_for(self.settings.developer_id, user.id)
+        return user.unionid or unionid_for(self.settings.developer_id, user.id)
 
     # -- control and log ------------------------------------------------------------
 

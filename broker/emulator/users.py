@@ -19,7 +19,12 @@ DEFAULT_USERS_FILE = Path(__file__).with_name("default_users.yaml")
 
 # The k=… value lands unencoded in thirdqq avatar URLs (§4), so keep it URL-safe.
 _AVATAR_KEY_RE = re.compile(r"^[A-Za-z0-9._~-]+$")
-_KNOWN_KEYS = frozenset({"id", "nickname", "has_qq_avatar_100", "avatar_key"})
+_KNOWN_KEYS = frozenset(
+    {"id", "nickname", "gender", "has_qq_avatar_100", "avatar_key", "unionid"}
+)
+#: QQ answers 男 when the user set nothing (§4), so that is the default here too.
+GENDERS = ("男", "女")
+_UNIONID_RE = re.compile(r"^UID_[0-9A-F]{32}$")
 
 
 @dataclass
@@ -28,13 +33,18 @@ class EmulatorUser:
 
     ``has_qq_avatar_100=False`` models "不是所有的用户都拥有" (§4): such a user's
     ``figureurl_qq_2`` carries the 40 px URL. An empty ``avatar_key`` is replaced by a
-    stable one derived from ``id`` so avatar URLs never change between runs.
+    stable one derived from ``id`` so avatar URLs never change between runs. A set
+    ``unionid`` pins the user's UnionID (e.g. to match one seen in another app of the
+    same developer account); otherwise it is derived. Either way QQ only reveals it to
+    apps with UnionID enabled (§6).
     """
 
     id: str
     nickname: str
     has_qq_avatar_100: bool = True
     avatar_key: str = ""
+    gender: str = "男"
+    unionid: str = ""
 
     def __post_init__(self) -> None:
         if not self.avatar_key:
@@ -48,7 +58,8 @@ def derive_avatar_key(user_id: str) -> str:
 
 
 def load_users(path: Path) -> list[EmulatorUser]:
-    """Load users from a YAML list of ``{id, nickname, has_qq_avatar_100?, avatar_key?}``.
+    """Load users from a YAML list of ``{id, nickname, gender?, has_qq_avatar_100?,
+    avatar_key?, unionid?}``.
 
     Every problem raises ``ValueError`` naming the file and the entry, because this is
     what a developer edits by hand for ``qq-oidc-broker emulator --users FILE``.
@@ -103,7 +114,13 @@ def _parse_user(entry: Any, where: str) -> EmulatorUser:
     avatar_key = entry.get("avatar_key", "")
     if not isinstance(avatar_key, str) or (avatar_key and not _AVATAR_KEY_RE.match(avatar_key)):
         raise ValueError(f"{where}: 'avatar_key' must be a URL-safe string [A-Za-z0-9._~-]")
-    return EmulatorUser(user_id, nickname, has_avatar, avatar_key)
+    gender = entry.get("gender", "男")
+    if gender not in GENDERS:
+        raise ValueError(f"{where}: 'gender' must be 男 or 女")
+    unionid = entry.get("unionid", "")
+    if not isinstance(unionid, str) or (unionid and not _UNIONID_RE.match(unionid)):
+        raise ValueError(f"{where}: 'unionid' must look like UID_ plus 32 upper-case hex")
+    return EmulatorUser(user_id, nickname, has_avatar, avatar_key, gender, unionid)
 
 
 def default_users() -> list[EmulatorUser]:

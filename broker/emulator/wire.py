@@ -173,7 +173,7 @@ def _user_info_fields(app_id: str, openid: str, user: EmulatorUser) -> list[tupl
         ("msg", ""),
         ("is_lost", 0),
         ("nickname", user.nickname),
-        ("gender", "男"),
+        ("gender", user.gender),
         ("gender_type", 2),
         ("province", "广东"),
         ("city", "深圳"),

@@ -90,3 +90,20 @@ def test_load_users_rejects_non_utf8(tmp_path: Path) -> None:
     path.write_bytes("- {id: a, nickname: 张三}\n".encode("gbk"))
     with pytest.raises(ValueError, match=r"gbk\.yaml: users file is not valid UTF-8"):
         load_users(path)
+
+
+def test_default_users_cover_both_genders_and_a_pinned_unionid() -> None:
+    users = {user.id: user for user in default_users()}
+    assert {user.gender for user in users.values()} == {"男", "女"}
+    assert users["lisi"].gender == "女"
+    assert users["wangxiaohong"].unionid == "UID_3C62A0F1B2D4E5F60718293A4B5C6D7E"
+
+
+def test_bad_gender_and_unionid_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "users.yaml"
+    path.write_text("- {id: a, nickname: A, gender: x}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="gender"):
+        load_users(path)
+    path.write_text("- {id: a, nickname: A, unionid: nope}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="unionid"):
+        load_users(path)

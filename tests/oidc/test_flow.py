@@ -304,3 +304,21 @@ def test_issuer_with_a_path_serves_everything_under_it(tmp_path: Path) -> None:
         )
     finally:
         pair.stop()
+
+
+def test_gender_claim_only_when_switched_on(tmp_path: Path) -> None:
+    pair = start_pair(tmp_path, claims={"gender": True})
+    try:
+        female = RelyingParty(pair.broker, "rp-basic").login(pair.emulator, user="lisi")
+        assert female["claims"]["gender"] == "female"
+        assert female["userinfo"]["gender"] == "female"
+        assert "gender" in pair.broker.metadata()["claims_supported"]
+    finally:
+        pair.stop()
+
+
+def test_pinned_unionid_becomes_the_sub_of_unionid_clients(
+    broker: Broker, emulator: Emulator
+) -> None:
+    result = RelyingParty(broker, "rp-unionid").login(emulator, user="wangxiaohong")
+    assert result["claims"]["sub"] == "UID_3C62A0F1B2D4E5F60718293A4B5C6D7E"
