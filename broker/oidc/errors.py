@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 
 from authlib.common.urls import add_params_to_uri
+from flask import Response, jsonify
+
+from broker.connectors.base import UpstreamError
 
 
 class BadAuthorizationRequest(Exception):
@@ -41,3 +44,49 @@ def error_redirect_uri(
         params.append(("state", state))
     params.append(("iss", issuer))
     return str(add_params_to_uri(redirect_uri, params))
+
+
+#: ASCII descriptions for the relying party, per connector message key (RFC 6749 §4.1.2.1);
+#: QQ's own (often Chinese) text and the operator hint go to the log instead.
+UPSTREAM_DESCRIPTIONS = {
+    "upstream.cancelled": "The user cancelled the QQ login.",
+    "upstream.unavailable": "QQ is unavailable or too slow; try again later.",
+    "upstream.misconfigured": "The broker's QQ Connect app is misconfigured; see the broker log.",
+    "upstream.rejected": "QQ rejected the login; see the broker log.",
+    "upstream.protocol": "QQ answered in an unexpected way; see the broker log.",
+    "upstream.code_invalid": "The QQ authorization code was invalid or reused; log in again.",
+    "upstream.token_expired": "The QQ authorization expired; log in again.",
+    "upstream.unionid_not_enabled": "UnionID is not enabled for the broker's QQ Connect app.",
+}
+
+
+def describe_upstream_error(err: UpstreamError) -> str:
+    return safe_description(UPSTREAM_DESCRIPTIONS.get(err.message_key, "The QQ login failed."))
+
+
+def json_error(error: str, description: str, status: int) -> Response:
+    response = jsonify({"error": error, "error_description": description})
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def rfc6750_challenge(response: Response) -> Response:
+    """RFC 6750 §3/§3.1 challenges for what Authlib reports with non-standard codes.
+
+    No credentials: a bare ``Bearer`` challenge without an error code. Any
+    other scheme (e.g. Basic): ``invalid_request``.
+    """
+    if response.status_code != 401:
+        return response
+    challenge = response.headers.get("WWW-Authenticate", "")
+    if 'error="missing_authorization"' in challenge:
+        fixed = Response(status=401)
+        fixed.headers["WWW-Authenticate"] = "Bearer"
+        return fixed
+    if 'error="unsupported_token_type"' in challenge:
+        fixed = json_error("invalid_request", "Use an 'Authorization: Bearer' header.", 400)
+        fixed.headers["WWW-Authenticate"] = 'Bearer error="invalid_request"'
+        return fixed
+    return response

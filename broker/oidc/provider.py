@@ -17,12 +17,18 @@ from typing import Any
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
-from flask import Response, jsonify
+from flask import Response
 
 from broker.connectors.base import Connector, Identity, UpstreamError
 from broker.oidc.claims import stored_profile
 from broker.oidc.discovery import provider_metadata
-from broker.oidc.errors import BadAuthorizationRequest, error_redirect_uri, safe_description
+from broker.oidc.errors import (
+    BadAuthorizationRequest,
+    describe_upstream_error,
+    error_redirect_uri,
+    json_error,
+    rfc6750_challenge,
+)
 from broker.oidc.models import Client, EndUser
 from broker.oidc.request_policy import check_authorization_parameters, parked_parameters
 from broker.oidc.server import BrokerAuthorizationServer, ProviderContext
@@ -153,7 +159,9 @@ class Provider:
                 "QQ login failed: %s (client=%s, qq_code=%s, qq_message=%s)",
                 err.hint, tx.client_id, err.upstream_code, err.upstream_message,
             )  # fmt: skip
-            return self._error(redirect_uri, err.oauth_error, _describe(err), rp_state)
+            return self._error(
+                redirect_uri, err.oauth_error, describe_upstream_error(err), rp_state
+            )
         if want_unionid and not identity.unionid:
             return self._error(redirect_uri, "server_error", "QQ returned no UnionID.", rp_state)
         user = self._remember(identity)
@@ -226,15 +234,15 @@ class Provider:
         try:
             response: Response = self.server.create_token_response()
         except ValueError:
-            response = _json_error("invalid_request", "Malformed request.", 400)
+            response = json_error("invalid_request", "Malformed request.", 400)
         return response
 
     def userinfo_response(self) -> Response:
         try:
             response: Response = self.server.create_endpoint_response("userinfo")
         except ValueError:
-            response = _json_error("invalid_request", "Malformed request.", 400)
-        return _rfc6750_challenge(response)
+            response = json_error("invalid_request", "Malformed request.", 400)
+        return rfc6750_challenge(response)
 
     def readiness(self) -> tuple[bool, str]:
         try:
@@ -250,52 +258,6 @@ class Provider:
         return self.ctx.keyring.jwks()
 
 
-#: ASCII descriptions for the relying party, per connector message key (RFC 6749 §4.1.2.1);
-#: QQ's own (often Chinese) text and the operator hint go to the log instead.
-UPSTREAM_DESCRIPTIONS = {
-    "upstream.cancelled": "The user cancelled the QQ login.",
-    "upstream.unavailable": "QQ is unavailable or too slow; try again later.",
-    "upstream.misconfigured": "The broker's QQ Connect app is misconfigured; see the broker log.",
-    "upstream.rejected": "QQ rejected the login; see the broker log.",
-    "upstream.protocol": "QQ answered in an unexpected way; see the broker log.",
-    "upstream.code_invalid": "The QQ authorization code was invalid or reused; log in again.",
-    "upstream.token_expired": "The QQ authorization expired; log in again.",
-    "upstream.unionid_not_enabled": "UnionID is not enabled for the broker's QQ Connect app.",
-}
-
-
-def _describe(err: UpstreamError) -> str:
-    return safe_description(UPSTREAM_DESCRIPTIONS.get(err.message_key, "The QQ login failed."))
-
-
 def _new_state() -> str:
     """UP-01: a fresh 256-bit upstream state per login, never a constant."""
     return secrets.token_urlsafe(32)
-
-
-def _json_error(error: str, description: str, status: int) -> Response:
-    response = jsonify({"error": error, "error_description": description})
-    response.status_code = status
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Pragma"] = "no-cache"
-    return response
-
-
-def _rfc6750_challenge(response: Response) -> Response:
-    """RFC 6750 §3/§3.1 challenges for what Authlib reports with non-standard codes.
-
-    No credentials: a bare ``Bearer`` challenge without an error code. Any
-    other scheme (e.g. Basic): ``invalid_request``.
-    """
-    if response.status_code != 401:
-        return response
-    challenge = response.headers.get("WWW-Authenticate", "")
-    if 'error="missing_authorization"' in challenge:
-        fixed = Response(status=401)
-        fixed.headers["WWW-Authenticate"] = "Bearer"
-        return fixed
-    if 'error="unsupported_token_type"' in challenge:
-        fixed = _json_error("invalid_request", "Use an 'Authorization: Bearer' header.", 400)
-        fixed.headers["WWW-Authenticate"] = 'Bearer error="invalid_request"'
-        return fixed
-    return response
