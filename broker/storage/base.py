@@ -62,6 +62,8 @@ class AuthorizationCodeRecord:
     nonce: str | None = None
     code_challenge: str | None = None
     code_challenge_method: str | None = None
+    sid: str | None = None
+    claims_request: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,41 @@ class TokenRecord:
     expires_at: int
     auth_time: int
     revoked: bool = False
+    sid: str | None = None
+    family_id: str | None = None
+    code_digest: str | None = None
+    claims_request: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RefreshTokenRecord:
+    """A refresh token (stored as a digest), one link of a rotation family (RFC 9700 §4.14.2)."""
+
+    token_digest: str
+    family_id: str
+    client_id: str
+    user_id: str
+    scope: str
+    auth_time: int
+    issued_at: int
+    expires_at: int  # idle expiry of this link
+    family_expires_at: int  # absolute expiry of the family
+    sid: str | None = None
+    claims_request: Mapping[str, Any] | None = None
+    used: bool = False
+    revoked: bool = False
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A broker SSO session: ``sid`` is public (ID tokens), the cookie secret only a digest."""
+
+    sid: str
+    secret_digest: str
+    user_id: str
+    auth_time: int
+    expires_at: int
+    ended: bool = False
 
 
 @dataclass(frozen=True)
@@ -123,6 +160,52 @@ class Store(Protocol):
         """Insert or update; a ``None`` UnionID keeps the stored one."""
 
     def get_user(self, user_id: str) -> UserRecord | None: ...
+
+    # -- refresh tokens (rotation with reuse detection) --
+
+    def save_refresh_token(self, token: RefreshTokenRecord) -> None: ...
+
+    def get_refresh_token(self, token_digest: str) -> RefreshTokenRecord | None: ...
+
+    def rotate_refresh_token(self, token_digest: str, now: int) -> RefreshTokenRecord | None:
+        """Atomically mark a live token used and return it; None if unknown, used, revoked
+        or expired. Exactly one of several racing callers gets it."""
+
+    def revoke_family(self, family_id: str) -> None:
+        """Revoke every refresh token of the family and the access tokens issued from it."""
+
+    def revoke_access_token(self, token_digest: str) -> None: ...
+
+    def revoke_tokens_of_code(self, code_digest: str) -> None:
+        """Revoke what a code issued (a replayed code, RFC 6749 §4.1.2)."""
+
+    def code_was_used(self, code_digest: str) -> bool: ...
+
+    # -- sessions --
+
+    def create_session(self, session: SessionRecord) -> None: ...
+
+    def find_session(self, secret_digest: str, now: int) -> SessionRecord | None:
+        """The live (not ended, not expired) session whose cookie secret has this digest."""
+
+    def get_session(self, sid: str) -> SessionRecord | None: ...
+
+    def end_session(self, sid: str) -> list[str]:
+        """End a session and revoke its tokens; returns the clients that took part in it."""
+
+    def add_session_client(self, sid: str, client_id: str, expires_at: int) -> None: ...
+
+    # -- upstream tokens, replay cache --
+
+    def save_upstream_tokens(
+        self, user_id: str, ciphertext: str, expires_at: int, now: int
+    ) -> None:
+        """Keep the user's latest QQ tokens (already encrypted by the caller)."""
+
+    def get_upstream_tokens(self, user_id: str) -> tuple[str, int] | None: ...
+
+    def remember_jti(self, jti_digest: str, expires_at: int, now: int) -> bool:
+        """Record a one-time assertion id; False if it was seen before (replay)."""
 
     def purge_expired(self, now: int) -> int:
         """Delete expired logins, codes and tokens; returns how many rows went."""

@@ -40,6 +40,8 @@ authorization_codes = sa.Table(
     sa.Column("nonce", sa.Text, nullable=True),
     sa.Column("code_challenge", sa.String(128), nullable=True),
     sa.Column("code_challenge_method", sa.String(16), nullable=True),
+    sa.Column("sid", sa.String(64), nullable=True),
+    sa.Column("claims_request", sa.JSON, nullable=True),
     # A used code stays (a tombstone) until purged after expiry: a second redemption
     # finds it used and fails (RFC 6749 §4.1.2).
     sa.Column("used", sa.Boolean, nullable=False, default=False),
@@ -56,6 +58,64 @@ tokens = sa.Table(
     sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
     sa.Column("auth_time", sa.BigInteger, nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    sa.Column("sid", sa.String(64), nullable=True, index=True),
+    sa.Column("family_id", sa.String(64), nullable=True, index=True),
+    sa.Column("code_digest", sa.String(64), nullable=True, index=True),
+    sa.Column("claims_request", sa.JSON, nullable=True),
+)
+
+refresh_tokens = sa.Table(
+    "refresh_tokens",
+    metadata,
+    sa.Column("token_digest", sa.String(64), primary_key=True),
+    sa.Column("family_id", sa.String(64), nullable=False, index=True),
+    sa.Column("client_id", sa.String(255), nullable=False),
+    sa.Column("user_id", sa.String(64), nullable=False, index=True),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("auth_time", sa.BigInteger, nullable=False),
+    sa.Column("sid", sa.String(64), nullable=True, index=True),
+    sa.Column("issued_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("family_expires_at", sa.BigInteger, nullable=False),
+    sa.Column("claims_request", sa.JSON, nullable=True),
+    # Rotated tokens stay (used) until they expire, so a reuse is recognised (RFC 9700 §4.14.2).
+    sa.Column("used", sa.Boolean, nullable=False, default=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("sid", sa.String(64), primary_key=True),
+    sa.Column("secret_digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_id", sa.String(64), nullable=False, index=True),
+    sa.Column("auth_time", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("ended", sa.Boolean, nullable=False, default=False),
+)
+
+session_clients = sa.Table(
+    "session_clients",
+    metadata,
+    sa.Column("sid", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.String(255), primary_key=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+)
+
+upstream_tokens = sa.Table(
+    "upstream_tokens",
+    metadata,
+    sa.Column("user_id", sa.String(64), primary_key=True),
+    sa.Column("ciphertext", sa.Text, nullable=False),  # QQ tokens, encrypted (AES-GCM)
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+used_jtis = sa.Table(
+    "used_jtis",
+    metadata,
+    sa.Column("jti_digest", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
 )
 
 users = sa.Table(

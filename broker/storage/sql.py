@@ -1,25 +1,28 @@
 """The SQLAlchemy backend: SQLite by default, PostgreSQL for several instances.
 
-Single use is enforced by the database, not by the process: a code or a login
-is redeemed with one conditional UPDATE, so two threads (or two instances)
-racing for it cannot both win.
+Single use is enforced by the database, not by the process: a code, a login
+or a refresh token is redeemed with one conditional UPDATE, so two threads (or
+two instances) racing for it cannot both win.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from broker.storage import schema
 from broker.storage.base import (
     AuthorizationCodeRecord,
     ClientRecord,
     LoginTransaction,
+    RefreshTokenRecord,
+    SessionRecord,
     StorageError,
     TokenRecord,
     UserRecord,
@@ -27,6 +30,7 @@ from broker.storage.base import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Rec = TypeVar("Rec")
 
 
 def _guarded(method: Callable[P, R]) -> Callable[P, R]:
@@ -61,6 +65,19 @@ def create_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+def _values(record: Any) -> dict[str, Any]:
+    """A record dataclass as column values (mappings copied to plain dicts for JSON)."""
+    values = dataclasses.asdict(record)
+    return {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+
+
+def _record(cls: type[Rec], row: Any) -> Rec:
+    """Build a record dataclass from a row with the same column names."""
+    mapping = row._mapping
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    return cls(**{name: mapping[name] for name in names if name in mapping})
+
+
 class SQLStore:
     """:class:`broker.storage.base.Store` on SQLAlchemy Core."""
 
@@ -82,6 +99,23 @@ class SQLStore:
     def close(self) -> None:
         self._engine.dispose()
 
+    def _one(self, cls: type[Rec], table: sa.Table, *where: Any) -> Rec | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(table).where(*where)).first()
+        return None if row is None else _record(cls, row)
+
+    def _insert(self, table: sa.Table, record: Any) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(sa.insert(table).values(**_values(record)))
+
+    @staticmethod
+    def _take(conn: Connection, table: sa.Table, *where: Any) -> bool:
+        """The atomic single-use step: flip ``used`` where it is still false."""
+        result = conn.execute(
+            sa.update(table).where(table.c.used.is_(False), *where).values(used=True)
+        )
+        return bool(result.rowcount == 1)
+
     # -- clients ---------------------------------------------------------
 
     @_guarded
@@ -91,70 +125,27 @@ class SQLStore:
             conn.execute(sa.delete(table).where(table.c.source == "config"))
             for client in clients:
                 conn.execute(sa.delete(table).where(table.c.client_id == client.client_id))
-                conn.execute(
-                    sa.insert(table).values(
-                        client_id=client.client_id,
-                        secret_digest=client.secret_digest,
-                        metadata=dict(client.metadata),
-                        source=client.source,
-                    )
-                )
+                conn.execute(sa.insert(table).values(**_values(client)))
 
     @_guarded
     def get_client(self, client_id: str) -> ClientRecord | None:
-        table = schema.clients
-        with self._engine.connect() as conn:
-            row = conn.execute(sa.select(table).where(table.c.client_id == client_id)).first()
-        if row is None:
-            return None
-        return ClientRecord(
-            client_id=row.client_id,
-            secret_digest=row.secret_digest,
-            metadata=row.metadata,
-            source=row.source,
-        )
+        return self._one(ClientRecord, schema.clients, schema.clients.c.client_id == client_id)
 
     # -- login transactions ------------------------------------------------
 
     @_guarded
     def create_login(self, tx: LoginTransaction) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                sa.insert(schema.login_transactions).values(
-                    state_digest=tx.state_digest,
-                    client_id=tx.client_id,
-                    request_params=dict(tx.request_params),
-                    browser_digest=tx.browser_digest,
-                    created_at=tx.created_at,
-                    expires_at=tx.expires_at,
-                    used=False,
-                )
-            )
+        self._insert(schema.login_transactions, tx)
 
     @_guarded
     def consume_login(self, state_digest: str, browser_digest: str) -> LoginTransaction | None:
         table = schema.login_transactions
+        key = table.c.state_digest == state_digest
         with self._engine.begin() as conn:
-            taken = conn.execute(
-                sa.update(table)
-                .where(
-                    table.c.state_digest == state_digest,
-                    table.c.browser_digest == browser_digest,
-                    table.c.used.is_(False),
-                )
-                .values(used=True)
-            ).rowcount
-            if taken != 1:
+            if not self._take(conn, table, key, table.c.browser_digest == browser_digest):
                 return None
-            row = conn.execute(sa.select(table).where(table.c.state_digest == state_digest)).one()
-        return LoginTransaction(
-            state_digest=row.state_digest,
-            client_id=row.client_id,
-            request_params=row.request_params,
-            browser_digest=row.browser_digest,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-        )
+            row = conn.execute(sa.select(table).where(key)).one()
+        return _record(LoginTransaction, row)
 
     @_guarded
     def login_status(self, state_digest: str) -> str:
@@ -171,89 +162,154 @@ class SQLStore:
 
     @_guarded
     def save_code(self, code: AuthorizationCodeRecord) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                sa.insert(schema.authorization_codes).values(
-                    code_digest=code.code_digest,
-                    client_id=code.client_id,
-                    redirect_uri=code.redirect_uri,
-                    scope=code.scope,
-                    user_id=code.user_id,
-                    auth_time=code.auth_time,
-                    expires_at=code.expires_at,
-                    nonce=code.nonce,
-                    code_challenge=code.code_challenge,
-                    code_challenge_method=code.code_challenge_method,
-                    used=False,
-                )
-            )
+        self._insert(schema.authorization_codes, code)
 
     @_guarded
     def consume_code(self, code_digest: str, now: int) -> AuthorizationCodeRecord | None:
         table = schema.authorization_codes
+        key = table.c.code_digest == code_digest
         with self._engine.begin() as conn:
-            taken = conn.execute(
-                sa.update(table)
-                .where(
-                    table.c.code_digest == code_digest,
-                    table.c.used.is_(False),
-                    table.c.expires_at > now,
-                )
-                .values(used=True)
-            ).rowcount
-            if taken != 1:
+            if not self._take(conn, table, key, table.c.expires_at > now):
                 return None
-            row = conn.execute(sa.select(table).where(table.c.code_digest == code_digest)).one()
-        return AuthorizationCodeRecord(
-            code_digest=row.code_digest,
-            client_id=row.client_id,
-            redirect_uri=row.redirect_uri,
-            scope=row.scope,
-            user_id=row.user_id,
-            auth_time=row.auth_time,
-            expires_at=row.expires_at,
-            nonce=row.nonce,
-            code_challenge=row.code_challenge,
-            code_challenge_method=row.code_challenge_method,
-        )
+            row = conn.execute(sa.select(table).where(key)).one()
+        return _record(AuthorizationCodeRecord, row)
 
-    # -- tokens ----------------------------------------------------------------
+    @_guarded
+    def code_was_used(self, code_digest: str) -> bool:
+        table = schema.authorization_codes
+        with self._engine.connect() as conn:
+            used = conn.execute(sa.select(table.c.used).where(table.c.code_digest == code_digest))
+            return bool(used.scalar())
+
+    # -- access tokens ----------------------------------------------------------
 
     @_guarded
     def save_token(self, token: TokenRecord) -> None:
-        with self._engine.begin() as conn:
-            conn.execute(
-                sa.insert(schema.tokens).values(
-                    token_digest=token.token_digest,
-                    client_id=token.client_id,
-                    user_id=token.user_id,
-                    scope=token.scope,
-                    issued_at=token.issued_at,
-                    expires_at=token.expires_at,
-                    auth_time=token.auth_time,
-                    revoked=token.revoked,
-                )
-            )
+        self._insert(schema.tokens, token)
 
     @_guarded
     def get_token(self, token_digest: str) -> TokenRecord | None:
+        return self._one(TokenRecord, schema.tokens, schema.tokens.c.token_digest == token_digest)
+
+    @_guarded
+    def revoke_access_token(self, token_digest: str) -> None:
         table = schema.tokens
-        with self._engine.connect() as conn:
-            row = conn.execute(sa.select(table).where(table.c.token_digest == token_digest)).first()
-        if row is None:
-            return None
-        return TokenRecord(
-            token_digest=row.token_digest,
-            client_id=row.client_id,
-            user_id=row.user_id,
-            scope=row.scope,
-            issued_at=row.issued_at,
-            expires_at=row.expires_at,
-            auth_time=row.auth_time,
-            revoked=bool(row.revoked),
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.update(table).where(table.c.token_digest == token_digest).values(revoked=True)
+            )
+
+    @_guarded
+    def revoke_tokens_of_code(self, code_digest: str) -> None:
+        with self._engine.begin() as conn:
+            families = conn.execute(
+                sa.select(schema.tokens.c.family_id).where(
+                    schema.tokens.c.code_digest == code_digest
+                )
+            ).scalars()
+            self._revoke_families(conn, [f for f in families if f])
+            conn.execute(
+                sa.update(schema.tokens)
+                .where(schema.tokens.c.code_digest == code_digest)
+                .values(revoked=True)
+            )
+
+    # -- refresh tokens -------------------------------------------------------------
+
+    @_guarded
+    def save_refresh_token(self, token: RefreshTokenRecord) -> None:
+        self._insert(schema.refresh_tokens, token)
+
+    @_guarded
+    def get_refresh_token(self, token_digest: str) -> RefreshTokenRecord | None:
+        table = schema.refresh_tokens
+        return self._one(RefreshTokenRecord, table, table.c.token_digest == token_digest)
+
+    @_guarded
+    def rotate_refresh_token(self, token_digest: str, now: int) -> RefreshTokenRecord | None:
+        table = schema.refresh_tokens
+        key = table.c.token_digest == token_digest
+        live = (
+            table.c.revoked.is_(False),
+            table.c.expires_at > now,
+            table.c.family_expires_at > now,
+        )
+        with self._engine.begin() as conn:
+            if not self._take(conn, table, key, *live):
+                return None
+            row = conn.execute(sa.select(table).where(key)).one()
+        return _record(RefreshTokenRecord, row)
+
+    @_guarded
+    def revoke_family(self, family_id: str) -> None:
+        with self._engine.begin() as conn:
+            self._revoke_families(conn, [family_id])
+
+    @staticmethod
+    def _revoke_families(conn: Connection, family_ids: Sequence[str]) -> None:
+        if not family_ids:
+            return
+        for table in (schema.refresh_tokens, schema.tokens):
+            conn.execute(
+                sa.update(table).where(table.c.family_id.in_(family_ids)).values(revoked=True)
+            )
+
+    # -- sessions -----------------------------------------------------------------------
+
+    @_guarded
+    def create_session(self, session: SessionRecord) -> None:
+        self._insert(schema.sessions, session)
+
+    @_guarded
+    def find_session(self, secret_digest: str, now: int) -> SessionRecord | None:
+        table = schema.sessions
+        return self._one(
+            SessionRecord,
+            table,
+            table.c.secret_digest == secret_digest,
+            table.c.ended.is_(False),
+            table.c.expires_at > now,
         )
 
-    # -- users -------------------------------------------------------------------
+    @_guarded
+    def get_session(self, sid: str) -> SessionRecord | None:
+        return self._one(SessionRecord, schema.sessions, schema.sessions.c.sid == sid)
+
+    @_guarded
+    def end_session(self, sid: str) -> list[str]:
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.update(schema.sessions).where(schema.sessions.c.sid == sid).values(ended=True)
+            )
+            families = conn.execute(
+                sa.select(schema.refresh_tokens.c.family_id).where(
+                    schema.refresh_tokens.c.sid == sid
+                )
+            ).scalars()
+            self._revoke_families(conn, sorted(set(families)))
+            conn.execute(
+                sa.update(schema.tokens).where(schema.tokens.c.sid == sid).values(revoked=True)
+            )
+            clients = conn.execute(
+                sa.select(schema.session_clients.c.client_id).where(
+                    schema.session_clients.c.sid == sid
+                )
+            ).scalars()
+            return sorted(clients)
+
+    @_guarded
+    def add_session_client(self, sid: str, client_id: str, expires_at: int) -> None:
+        table = schema.session_clients
+        with self._engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(table.c.sid).where(table.c.sid == sid, table.c.client_id == client_id)
+            ).first()
+            if exists is None:
+                conn.execute(
+                    sa.insert(table).values(sid=sid, client_id=client_id, expires_at=expires_at)
+                )
+
+    # -- users -----------------------------------------------------------------------------
 
     @_guarded
     def upsert_user(self, user: UserRecord) -> None:
@@ -273,21 +329,62 @@ class SQLStore:
 
     @_guarded
     def get_user(self, user_id: str) -> UserRecord | None:
-        table = schema.users
-        with self._engine.connect() as conn:
-            row = conn.execute(sa.select(table).where(table.c.user_id == user_id)).first()
-        if row is None:
-            return None
-        return UserRecord(
-            user_id=row.user_id, unionid=row.unionid, profile=row.profile, updated_at=row.updated_at
-        )
+        return self._one(UserRecord, schema.users, schema.users.c.user_id == user_id)
 
-    # -- housekeeping ----------------------------------------------------------------
+    # -- upstream tokens, replay cache ------------------------------------------------------
+
+    @_guarded
+    def save_upstream_tokens(
+        self, user_id: str, ciphertext: str, expires_at: int, now: int
+    ) -> None:
+        table = schema.upstream_tokens
+        values = {"ciphertext": ciphertext, "expires_at": expires_at, "updated_at": now}
+        with self._engine.begin() as conn:
+            updated = conn.execute(
+                sa.update(table).where(table.c.user_id == user_id).values(**values)
+            ).rowcount
+            if updated == 0:
+                conn.execute(sa.insert(table).values(user_id=user_id, **values))
+
+    @_guarded
+    def get_upstream_tokens(self, user_id: str) -> tuple[str, int] | None:
+        table = schema.upstream_tokens
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(table.c.ciphertext, table.c.expires_at).where(table.c.user_id == user_id)
+            ).first()
+        return None if row is None else (row.ciphertext, row.expires_at)
+
+    @_guarded
+    def remember_jti(self, jti_digest: str, expires_at: int, now: int) -> bool:
+        table = schema.used_jtis
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.delete(table).where(table.c.expires_at <= now))
+                conn.execute(sa.insert(table).values(jti_digest=jti_digest, expires_at=expires_at))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    # -- housekeeping ----------------------------------------------------------------------
 
     @_guarded
     def purge_expired(self, now: int) -> int:
+        """Delete expired rows. Refresh tokens go when their whole family has expired."""
+        expiring = (
+            schema.login_transactions,
+            schema.authorization_codes,
+            schema.tokens,
+            schema.sessions,
+            schema.session_clients,
+            schema.used_jtis,
+        )
         removed = 0
         with self._engine.begin() as conn:
-            for table in (schema.login_transactions, schema.authorization_codes, schema.tokens):
+            for table in expiring:
                 removed += conn.execute(sa.delete(table).where(table.c.expires_at <= now)).rowcount
+            refresh = schema.refresh_tokens
+            removed += conn.execute(
+                sa.delete(refresh).where(refresh.c.family_expires_at <= now)
+            ).rowcount
         return removed
