@@ -19,9 +19,7 @@ DEFAULT_USERS_FILE = Path(__file__).with_name("default_users.yaml")
 
 # The k=… value lands unencoded in thirdqq avatar URLs (§4), so keep it URL-safe.
 _AVATAR_KEY_RE = re.compile(r"^[A-Za-z0-9._~-]+$")
-_KNOWN_KEYS = frozenset(
-    {"id", "nickname", "gender", "has_qq_avatar_100", "avatar_key", "unionid"}
-)
+_KNOWN_KEYS = frozenset({"id", "nickname", "gender", "has_qq_avatar_100", "avatar_key", "unionid"})
 #: QQ answers 男 when the user set nothing (§4), so that is the default here too.
 GENDERS = ("男", "女")
 _UNIONID_RE = re.compile(r"^UID_[0-9A-F]{32}$")

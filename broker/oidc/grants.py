@@ -47,7 +47,11 @@ class S256CodeChallenge(CodeChallenge):  # type: ignore[misc]
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
     """RFC 6749 §4.1 backed by the broker's store."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]  # noqa: RUF012
+    TOKEN_ENDPOINT_AUTH_METHODS = [  # noqa: RUF012 (Authlib's class attribute)
+        "client_secret_basic",
+        "client_secret_post",
+        "none",
+    ]
     server: BrokerAuthorizationServer
     request: OAuth2Request
 

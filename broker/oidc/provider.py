@@ -244,6 +244,14 @@ class Provider:
             response = json_error("invalid_request", "Malformed request.", 400)
         return rfc6750_challenge(response)
 
+    def endpoint_response(self, name: str) -> Response:
+        """Revocation, introspection: Authlib endpoints registered on the server."""
+        try:
+            response: Response = self.server.create_endpoint_response(name)
+        except ValueError:
+            response = json_error("invalid_request", "Malformed request.", 400)
+        return response
+
     def readiness(self) -> tuple[bool, str]:
         try:
             self.ctx.store.ping()

@@ -16,7 +16,9 @@ from authlib.oidc.core import UserInfoEndpoint
 
 from broker.config import Config
 from broker.keys import KeyRing
+from broker.oidc.access_tokens import AccessTokenFactory
 from broker.oidc.claims import SubjectUnavailable, subject_for, user_claims
+from broker.oidc.client_auth import register_client_auth
 from broker.oidc.grants import (
     AuthorizationCodeGrant,
     ClientUser,
@@ -24,6 +26,7 @@ from broker.oidc.grants import (
     S256CodeChallenge,
 )
 from broker.oidc.models import AccessToken, Client, EndUser
+from broker.oidc.token_endpoints import register_token_endpoints
 from broker.storage.base import Store, TokenRecord, digest
 
 
@@ -119,10 +122,13 @@ class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.register_token_generator(
             "default",
             BearerTokenGenerator(
-                access_token_generator=lambda **_: secrets.token_urlsafe(32),
+                access_token_generator=AccessTokenFactory(ctx),
+                refresh_token_generator=lambda **_: secrets.token_urlsafe(32),
                 expires_generator=lambda client, grant_type: lifetime,
             ),
         )
+        register_client_auth(self)
+        register_token_endpoints(self)
         self.register_grant(
             AuthorizationCodeGrant, [S256CodeChallenge(required=True), OpenIDCodeExtension(self)]
         )

@@ -13,7 +13,16 @@ from broker.web.pages import error_page
 log = logging.getLogger("broker.web")
 
 #: Machine endpoints answer errors in JSON (RFC 6749 §5.2 shape); the rest get pages.
-JSON_PATHS = ("/token", "/userinfo", "/jwks.json", "/.well-known/", "/healthz", "/readyz")
+JSON_PATHS = (
+    "/token",
+    "/revoke",
+    "/introspect",
+    "/userinfo",
+    "/jwks.json",
+    "/.well-known/",
+    "/healthz",
+    "/readyz",
+)
 
 HTTP_KEYS = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 431: "too_large"}
 

@@ -87,6 +87,16 @@ def token() -> Response:
     return provider().token_response()
 
 
+@bp.post("/revoke")
+def revoke() -> Response:
+    return provider().endpoint_response("revocation")
+
+
+@bp.post("/introspect")
+def introspect() -> Response:
+    return provider().endpoint_response("introspection")
+
+
 @bp.route("/userinfo", methods=["GET", "POST"])
 def userinfo() -> Response:
     return provider().userinfo_response()

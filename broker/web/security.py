@@ -5,7 +5,15 @@ from __future__ import annotations
 from flask import Response, request
 
 #: Responses that depend on who asks, so no cache may keep them.
-NO_STORE_PREFIXES = ("/authorize", "/qq/callback", "/token", "/userinfo", "/demo")
+NO_STORE_PREFIXES = (
+    "/authorize",
+    "/qq/callback",
+    "/token",
+    "/userinfo",
+    "/revoke",
+    "/introspect",
+    "/logout",
+)
 
 CSP = (
     "default-src 'none'; style-src 'self'; img-src 'self' https: data:; "
