@@ -7,17 +7,29 @@ atomic code redemption, a real ``auth_time``, ``kid`` in the header).
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from authlib.oauth2.rfc6749 import InvalidRequestError, InvalidScopeError, OAuth2Request, grants
+from authlib.oauth2.rfc6749 import (
+    InvalidRequestError,
+    InvalidScopeError,
+    OAuth2Request,
+    grants,
+    scope_to_list,
+)
 from authlib.oauth2.rfc6749.requests import OAuth2Request as _Request
 from authlib.oauth2.rfc7636 import CodeChallenge
-from authlib.oidc.core import OpenIDCode
+from authlib.oidc.core import OpenIDCode, OpenIDToken
 
-from broker.oidc.models import AuthorizationCode, Client, EndUser
+from broker.oidc.models import AuthorizationCode, Client, EndUser, RefreshCredential
 from broker.storage.base import AuthorizationCodeRecord, digest
+
+log = logging.getLogger("broker.oidc")
+
+#: Client authentication methods the token endpoint accepts (OIDC Core §9).
+TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
 
 if TYPE_CHECKING:
     from broker.oidc.server import BrokerAuthorizationServer
@@ -47,11 +59,7 @@ class S256CodeChallenge(CodeChallenge):  # type: ignore[misc]
 class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
     """RFC 6749 §4.1 backed by the broker's store."""
 
-    TOKEN_ENDPOINT_AUTH_METHODS = [  # noqa: RUF012 (Authlib's class attribute)
-        "client_secret_basic",
-        "client_secret_post",
-        "none",
-    ]
+    TOKEN_ENDPOINT_AUTH_METHODS = TOKEN_AUTH_METHODS
     server: BrokerAuthorizationServer
     request: OAuth2Request
 
@@ -91,8 +99,13 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
                 code_challenge_method=(data.get("code_challenge_method") or "S256")
                 if challenge
                 else None,
+                sid=user.sid,
             )
         )
+        if user.sid:
+            # Remembered for back-channel logout (OIDC Back-Channel Logout §2.7).
+            expires = int(time.time()) + ctx.config.lifetimes.session
+            ctx.store.add_session_client(user.sid, request.client.client_id, expires)
 
     def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
         # Redeemed here, atomically, rather than in delete_authorization_code:
@@ -110,24 +123,81 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         stored = self.server.ctx.store.get_user(record.user_id)
         if stored is None:
             return None
-        user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time)
+        user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time, record.sid)
         principal = ClientUser(user, self.request.client)
         # A user this client cannot name (e.g. no UnionID) gets no token: invalid_grant.
         return principal if self.server.ctx.can_name(principal) else None
 
+    def generate_token(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _generate_with_offline_rule(super().generate_token, *args, **kwargs)
 
-class OpenIDCodeExtension(OpenIDCode):  # type: ignore[misc]
-    """OIDC Core §3.1: the ID token, signed with a ready key and carrying ``kid``."""
 
-    def __init__(self, server: BrokerAuthorizationServer) -> None:
-        # Conformance requires the code flow to work without a nonce.
-        super().__init__(require_nonce=False)
-        self.server = server
+def _generate_with_offline_rule(generate: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Refresh tokens only for ``offline_access`` (OIDC Core §11); registration is consent."""
+    scope = kwargs.get("scope") or ""
+    if "offline_access" not in scope_to_list(scope):
+        kwargs["include_refresh_token"] = False
+    token: dict[str, Any] = generate(*args, **kwargs)
+    return token
 
-    def exists_nonce(self, nonce: str, request: OAuth2Request) -> bool:
-        """Nonces are not tracked: OIDC Core §3.1.3.7 makes replay detection the RP's check
-        (it compares the ID token's nonce with the one it sent), and codes are single use."""
-        return False
+
+class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
+    """RFC 6749 §6 with rotation and reuse detection (RFC 9700 §4.14.2).
+
+    Every use returns a new refresh token; presenting a rotated one again
+    revokes the whole family, since either the client or a thief is replaying.
+    """
+
+    TOKEN_ENDPOINT_AUTH_METHODS = TOKEN_AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+    server: BrokerAuthorizationServer
+    request: OAuth2Request
+
+    def authenticate_refresh_token(self, refresh_token: str) -> RefreshCredential | None:
+        store, now = self.server.ctx.store, int(time.time())
+        token_digest = digest(refresh_token)
+        record = store.get_refresh_token(token_digest)
+        if record is None or record.client_id != self.request.client.client_id:
+            return None  # another client's token is never consumed (RFC 6749 §6)
+        self._check_scope(record.scope)
+        if record.used:
+            log.warning("refresh token reuse: revoking family (client=%s)", record.client_id)
+            store.revoke_family(record.family_id)
+            return None
+        rotated = store.rotate_refresh_token(token_digest, now)
+        if rotated is None:
+            if not record.revoked and min(record.expires_at, record.family_expires_at) > now:
+                # Lost a race for the same token: that is a replay too.
+                store.revoke_family(record.family_id)
+            return None
+        return RefreshCredential(rotated)
+
+    def _check_scope(self, granted: str) -> None:
+        """RFC 6749 §6: no scope beyond the original grant (checked before rotating)."""
+        asked = scope_to_list(self.request.payload.scope or "")
+        if not set(asked) <= set(scope_to_list(granted)):
+            raise InvalidScopeError()
+
+    def authenticate_user(self, refresh_token: RefreshCredential) -> ClientUser | None:
+        record = refresh_token.record
+        stored = self.server.ctx.store.get_user(record.user_id)
+        if stored is None:
+            return None
+        user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time, record.sid)
+        principal = ClientUser(user, self.request.client)
+        return principal if self.server.ctx.can_name(principal) else None
+
+    def revoke_old_credential(self, refresh_token: RefreshCredential) -> None:
+        """Nothing to do: the token was rotated when it was authenticated."""
+
+    def generate_token(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _generate_with_offline_rule(super().generate_token, *args, **kwargs)
+
+
+class _IDTokenClaims:
+    """What every ID token of the broker shares, for the code and the refresh grant."""
+
+    server: BrokerAuthorizationServer
 
     def get_client_algorithm(self, client: Client) -> str:
         return client.id_token_signed_response_alg or self.server.ctx.config.keys.algorithm
@@ -148,5 +218,36 @@ class OpenIDCodeExtension(OpenIDCode):  # type: ignore[misc]
             "exp": now + self.server.ctx.config.lifetimes.id_token,
         }
 
+    def get_compatible_claims(self, request: OAuth2Request) -> dict[str, Any]:
+        """auth_time is the real QQ login, also on refresh (OIDC Core §12.2); sid per session."""
+        claims: dict[str, Any] = super().get_compatible_claims(request)  # type: ignore[misc]
+        principal: ClientUser = request.user
+        if principal.user.auth_time:
+            claims["auth_time"] = principal.user.auth_time
+        if principal.user.sid:
+            claims["sid"] = principal.user.sid
+        return claims
+
     def generate_user_info(self, user: ClientUser, scope: str) -> dict[str, Any]:
         return self.server.ctx.claims_for(user, scope)
+
+
+class OpenIDRefreshExtension(_IDTokenClaims, OpenIDToken):  # type: ignore[misc]
+    """A fresh ID token with every refresh (OIDC Core §12.2): same sub and auth_time."""
+
+    def __init__(self, server: BrokerAuthorizationServer) -> None:
+        self.server = server
+
+
+class OpenIDCodeExtension(_IDTokenClaims, OpenIDCode):  # type: ignore[misc]
+    """OIDC Core §3.1: the ID token, signed with a ready key and carrying ``kid``."""
+
+    def __init__(self, server: BrokerAuthorizationServer) -> None:
+        # Conformance requires the code flow to work without a nonce.
+        super().__init__(require_nonce=False)
+        self.server = server
+
+    def exists_nonce(self, nonce: str, request: OAuth2Request) -> bool:
+        """Nonces are not tracked: OIDC Core §3.1.3.7 makes replay detection the RP's check
+        (it compares the ID token's nonce with the one it sent), and codes are single use."""
+        return False

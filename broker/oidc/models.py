@@ -16,10 +16,10 @@ from authlib.oauth2.rfc6749 import ClientMixin, TokenMixin, scope_to_list
 from authlib.oidc.core import AuthorizationCodeMixin
 
 from broker.config import ClientConfig
-from broker.storage.base import AuthorizationCodeRecord, TokenRecord, digest
+from broker.storage.base import AuthorizationCodeRecord, RefreshTokenRecord, TokenRecord, digest
 
 #: Scopes the broker understands; anything else is refused with invalid_scope.
-SUPPORTED_SCOPES = ("openid", "profile", "email")
+SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class EndUser:
     user_id: str  # the QQ OpenID for this app
     unionid: str | None
     profile: Mapping[str, Any] = field(default_factory=dict)
-    auth_time: int = 0
+    auth_time: int = 0  # when the user really logged in at QQ (OIDC Core §2 auth_time)
+    sid: str | None = None  # the broker session this login belongs to (``sid`` claim)
 
     def get_user_id(self) -> str:
         return self.user_id
@@ -61,6 +62,9 @@ class Client(ClientMixin):  # type: ignore[misc]
 
     def get_allowed_scope(self, scope: str) -> str:
         allowed = [s for s in scope_to_list(scope or "") if s in SUPPORTED_SCOPES]
+        if "offline_access" in allowed and not self.check_grant_type("refresh_token"):
+            # OIDC Core §11: only clients registered for refresh tokens may go offline.
+            allowed.remove("offline_access")
         return " ".join(dict.fromkeys(allowed))
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
@@ -107,6 +111,19 @@ class AuthorizationCode(AuthorizationCodeMixin):  # type: ignore[misc]
 
     def get_amr(self) -> None:
         return None
+
+
+class RefreshCredential:
+    """A stored refresh token as Authlib's refresh grant handles it."""
+
+    def __init__(self, record: RefreshTokenRecord) -> None:
+        self.record = record
+
+    def check_client(self, client: Client) -> bool:
+        return bool(client.client_id == self.record.client_id)
+
+    def get_scope(self) -> str:
+        return self.record.scope
 
 
 class AccessToken(TokenMixin):  # type: ignore[misc]

@@ -23,11 +23,13 @@ from broker.oidc.grants import (
     AuthorizationCodeGrant,
     ClientUser,
     OpenIDCodeExtension,
+    OpenIDRefreshExtension,
+    RefreshTokenGrant,
     S256CodeChallenge,
 )
-from broker.oidc.models import AccessToken, Client, EndUser
+from broker.oidc.models import AccessToken, Client, EndUser, RefreshCredential
 from broker.oidc.token_endpoints import register_token_endpoints
-from broker.storage.base import Store, TokenRecord, digest
+from broker.storage.base import RefreshTokenRecord, Store, TokenRecord, digest
 
 
 @dataclass
@@ -91,7 +93,7 @@ class BrokerBearerTokenValidator(BearerTokenValidator):  # type: ignore[misc]
         stored = self.ctx.store.get_user(record.user_id)
         if client is None or stored is None:
             return None
-        user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time)
+        user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time, record.sid)
         principal = ClientUser(user, client)
         if not self.ctx.can_name(principal):
             return None
@@ -132,6 +134,7 @@ class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         self.register_grant(
             AuthorizationCodeGrant, [S256CodeChallenge(required=True), OpenIDCodeExtension(self)]
         )
+        self.register_grant(RefreshTokenGrant, [OpenIDRefreshExtension(self)])
         self.register_extension(BrokerIssuerParameter(ctx.config.issuer))
         protector = ResourceProtector()
         protector.register_token_validator(BrokerBearerTokenValidator(ctx))
@@ -141,8 +144,18 @@ class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         return self.ctx.clients.get(client_id)
 
     def save_token(self, token: Mapping[str, Any], request: OAuth2Request) -> None:
+        """Store the access token and, with ``offline_access``, the next refresh token.
+
+        A code starts a refresh family; a refresh continues its family, whose
+        absolute lifetime never grows (RFC 9700 §4.14.2).
+        """
         now = int(time.time())
         principal: ClientUser = request.user
+        code = getattr(request, "authorization_code", None)
+        parent: RefreshCredential | None = getattr(request, "refresh_token", None)
+        family_id = parent.record.family_id if parent else None
+        if family_id is None and "refresh_token" in token:
+            family_id = secrets.token_urlsafe(16)
         self.ctx.store.save_token(
             TokenRecord(
                 token_digest=digest(token["access_token"]),
@@ -152,5 +165,35 @@ class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
                 issued_at=now,
                 expires_at=now + int(token["expires_in"]),
                 auth_time=principal.user.auth_time,
+                sid=principal.user.sid,
+                family_id=family_id,
+                code_digest=code.record.code_digest if code else None,
+            )
+        )
+        if "refresh_token" in token and family_id:
+            self._save_refresh_token(token, principal, family_id, parent, now)
+
+    def _save_refresh_token(
+        self,
+        token: Mapping[str, Any],
+        principal: ClientUser,
+        family_id: str,
+        parent: RefreshCredential | None,
+        now: int,
+    ) -> None:
+        lifetimes = self.ctx.config.lifetimes
+        family_end = parent.record.family_expires_at if parent else now + lifetimes.refresh_absolute
+        self.ctx.store.save_refresh_token(
+            RefreshTokenRecord(
+                token_digest=digest(token["refresh_token"]),
+                family_id=family_id,
+                client_id=principal.client.client_id,
+                user_id=principal.user.user_id,
+                scope=token.get("scope", ""),
+                auth_time=principal.user.auth_time,
+                issued_at=now,
+                expires_at=min(now + lifetimes.refresh_idle, family_end),
+                family_expires_at=family_end,
+                sid=principal.user.sid,
             )
         )
