@@ -63,6 +63,19 @@ def client_definitions() -> list[dict[str, Any]]:
             "id_token_signed_response_alg": "EdDSA",
         },
         {
+            "client_id": "rp-refresh",
+            "client_secret": secrets.token_urlsafe(24),
+            "redirect_uris": [f"{RP}/refresh/callback"],
+            "grant_types": ["authorization_code", "refresh_token"],
+            "post_logout_redirect_uris": [f"{RP}/refresh/logged-out"],
+        },
+        {
+            "client_id": "rp-refresh-b",
+            "client_secret": secrets.token_urlsafe(24),
+            "redirect_uris": [f"{RP}/refresh-b/callback"],
+            "grant_types": ["authorization_code", "refresh_token"],
+        },
+        {
             "client_id": "rp-unionid",
             "client_secret": secrets.token_urlsafe(24),
             "redirect_uris": [f"{RP}/union/callback"],

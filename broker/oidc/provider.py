@@ -11,7 +11,7 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from authlib.oauth2 import OAuth2Error
@@ -32,7 +32,13 @@ from broker.oidc.errors import (
 from broker.oidc.models import Client, EndUser
 from broker.oidc.request_policy import check_authorization_parameters, parked_parameters
 from broker.oidc.server import BrokerAuthorizationServer, ProviderContext
-from broker.storage.base import LoginTransaction, StorageError, UserRecord, digest
+from broker.storage.base import (
+    LoginTransaction,
+    SessionRecord,
+    StorageError,
+    UserRecord,
+    digest,
+)
 
 log = logging.getLogger("broker.oidc")
 
@@ -51,9 +57,14 @@ class LoginStart:
 
 @dataclass(frozen=True)
 class RedirectToClient:
-    """An authorization response (success or error) for the relying party."""
+    """An authorization response (success or error) for the relying party.
+
+    ``session_secret`` is set when a QQ login just created a broker session:
+    the web layer puts it in the session cookie.
+    """
 
     location: str
+    session_secret: str | None = None
 
 
 class Provider:
@@ -69,14 +80,19 @@ class Provider:
 
     # -- /authorize ------------------------------------------------------------
 
-    def start_login(self, browser_secret: str) -> LoginStart | RedirectToClient:
-        """Validate the current /authorize request and park it for the QQ round trip."""
+    def start_login(
+        self, browser_secret: str, session_secret: str | None = None
+    ) -> LoginStart | RedirectToClient:
+        """Validate the current /authorize request; answer from the broker session if it
+        may, else park the request for the QQ round trip."""
         request = self.server.create_oauth2_request(None)
         client, redirect_uri = self._verified_client_and_redirect(request)
         state = request.payload.state
         try:
             check_authorization_parameters(request.payload.datalist)
-            self.server.get_consent_grant(end_user=None)
+            session_user = self._session_user(session_secret, request.payload.data)
+            # OIDC Core §3.1.2.1: prompt=none without a usable session is login_required.
+            grant = self.server.get_consent_grant(end_user=session_user)
         except OAuth2Error as err:
             description = FIXED_DESCRIPTIONS.get(err.error) or err.description or err.error
             return self._error(redirect_uri, err.error, description, state)
@@ -84,6 +100,9 @@ class Provider:
             # Authlib refuses descriptions that echo unsafe request input.
             return self._error(redirect_uri, "invalid_request", "Malformed request.", state)
 
+        if session_user is not None:
+            # Single sign-on: the broker session answers, no QQ round trip.
+            return self._authorization_response(grant.request, session_user)
         now = int(time.time())
         self._housekeeping(now)
         upstream_state = _new_state()
@@ -102,6 +121,41 @@ class Provider:
             redirect_uri=self.callback_url, state=upstream_state, display=display
         )
         return LoginStart(url)
+
+    def _session_user(self, session_secret: str | None, data: Mapping[str, str]) -> EndUser | None:
+        """The session's user, unless the request demands a fresh QQ login.
+
+        ``prompt=login`` and an exceeded ``max_age`` (OIDC Core §3.1.2.1) both
+        send the user back to QQ; ``auth_time`` stays the real QQ login time.
+        """
+        if not session_secret:
+            return None
+        now = int(time.time())
+        session = self.ctx.store.find_session(digest(session_secret), now)
+        if session is None or "login" in data.get("prompt", "").split():
+            return None
+        max_age = data.get("max_age")
+        if max_age is not None and now - session.auth_time > int(max_age):
+            return None
+        stored = self.ctx.store.get_user(session.user_id)
+        if stored is None:
+            return None
+        return EndUser(
+            stored.user_id, stored.unionid, stored.profile, session.auth_time, session.sid
+        )
+
+    def _authorization_response(
+        self, request: OAuth2Request, user: EndUser, session_secret: str | None = None
+    ) -> RedirectToClient:
+        """Issue the code through Authlib: validation, storage, state and ``iss`` (RFC 9207)."""
+        grant = self.server.get_authorization_grant(request)
+        response = self.server.create_authorization_response(
+            request=request, grant_user=user, grant=grant
+        )
+        location = response.headers.get("Location")
+        if not location:
+            raise BadAuthorizationRequest("unknown_client", "The request is no longer valid.")
+        return RedirectToClient(location, session_secret)
 
     def _housekeeping(self, now: int) -> None:
         """Purge expired rows now and then, so abandoned logins cannot pile up."""
@@ -139,7 +193,7 @@ class Provider:
 
     def finish_login(
         self, args: Mapping[str, list[str]], browser_secret: str | None
-    ) -> Response | RedirectToClient:
+    ) -> RedirectToClient:
         """Check the callback, make the QQ calls, and answer the relying party."""
         tx = self._take_login(args, browser_secret)
         params = tx.request_params
@@ -167,13 +221,19 @@ class Provider:
         user = self._remember(identity)
         if user is None:
             return self._error(redirect_uri, "server_error", "QQ identity conflict.", rp_state)
+        user, session_secret = self._new_session(user)
+        # authlib-notes pitfall 4: rebuild the parked request and let Authlib finish it.
         request = OAuth2Request("GET", f"{self.ctx.config.issuer}/authorize")
         request.payload = BasicOAuth2Payload(dict(params))
-        grant = self.server.get_authorization_grant(request)
-        response: Response = self.server.create_authorization_response(
-            request=request, grant_user=user, grant=grant
-        )
-        return response
+        return self._authorization_response(request, user, session_secret)
+
+    def _new_session(self, user: EndUser) -> tuple[EndUser, str]:
+        """A fresh broker session for every QQ login (a planted cookie is never upgraded)."""
+        secret, sid = secrets.token_urlsafe(32), secrets.token_urlsafe(16)
+        expires_at = user.auth_time + self.ctx.config.lifetimes.session
+        record = SessionRecord(sid, digest(secret), user.user_id, user.auth_time, expires_at)
+        self.ctx.store.create_session(record)
+        return replace(user, sid=sid), secret
 
     def _take_login(
         self, args: Mapping[str, list[str]], browser_secret: str | None

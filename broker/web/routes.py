@@ -16,14 +16,34 @@ bp = Blueprint("web", __name__, static_folder="static", template_folder="templat
 BROWSER_COOKIE = "qqb_browser"
 
 
-def browser_cookie_name() -> str:
+#: The broker's SSO session (a random secret; the database keeps only its digest).
+SESSION_COOKIE = "qqb_session"
+
+
+def cookie_name(name: str) -> str:
     """``__Host-`` in production: a sibling subdomain cannot plant or overwrite it.
 
     Browsers accept that prefix only on Secure cookies, so loopback (http)
     development uses the plain name.
     """
-    dev = provider().ctx.config.is_development
-    return BROWSER_COOKIE if dev else f"__Host-{BROWSER_COOKIE}"
+    return name if provider().ctx.config.is_development else f"__Host-{name}"
+
+
+def browser_cookie_name() -> str:
+    return cookie_name(BROWSER_COOKIE)
+
+
+def set_cookie(response: Response, name: str, value: str, max_age: int | None = None) -> None:
+    """HttpOnly, SameSite=Lax, Path=/, Secure unless development (checklist SS-03)."""
+    response.set_cookie(
+        cookie_name(name),
+        value,
+        max_age=max_age,
+        httponly=True,
+        samesite="Lax",
+        secure=not provider().ctx.config.is_development,
+        path="/",
+    )
 
 
 def provider() -> Provider:
@@ -50,23 +70,16 @@ def jwks() -> Response:
 @bp.route("/authorize", methods=["GET", "POST"])
 def authorize() -> Response:
     browser_secret = _browser_secret()
+    session_secret = request.cookies.get(cookie_name(SESSION_COOKIE))
     try:
-        outcome = provider().start_login(browser_secret)
+        outcome = provider().start_login(browser_secret, session_secret)
     except BadAuthorizationRequest as err:
         return error_page(err.message_key, err.status, err.detail)
     if isinstance(outcome, RedirectToClient):
         return _redirect(outcome.location)
     assert isinstance(outcome, LoginStart)
     response = _redirect(outcome.upstream_url)
-    cfg = provider().ctx.config
-    response.set_cookie(
-        browser_cookie_name(),
-        browser_secret,
-        httponly=True,
-        samesite="Lax",
-        secure=not cfg.is_development,
-        path="/",
-    )
+    set_cookie(response, BROWSER_COOKIE, browser_secret)
     return response
 
 
@@ -77,9 +90,11 @@ def qq_callback() -> Response:
         outcome = provider().finish_login(args, request.cookies.get(browser_cookie_name()))
     except BadAuthorizationRequest as err:
         return error_page(err.message_key, err.status, err.detail)
-    if isinstance(outcome, RedirectToClient):
-        return _redirect(outcome.location)
-    return outcome
+    response = _redirect(outcome.location)
+    if outcome.session_secret:
+        lifetime = provider().ctx.config.lifetimes.session
+        set_cookie(response, SESSION_COOKIE, outcome.session_secret, max_age=lifetime)
+    return response
 
 
 @bp.post("/token")

@@ -63,12 +63,21 @@ class RelyingParty:
         )
         return str(url), str(state)
 
-    def login(self, emulator: Emulator, user: str = "zhangsan") -> dict[str, Any]:
-        """Log ``user`` in through broker and emulator; return tokens, claims and userinfo."""
+    def login(
+        self,
+        emulator: Emulator,
+        user: str = "zhangsan",
+        browser: requests.Session | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Log ``user`` in through broker and emulator; return tokens, claims and userinfo.
+
+        Pass ``browser`` to reuse a cookie jar (single sign-on); ``extra`` goes into
+        the authorization request (prompt, max_age, ...).
+        """
         emulator.control(auto_login=user)
-        url, state = self.authorization_url()
-        browser = requests.Session()
-        response = follow_until(browser, url, self.redirect_uri)
+        url, state = self.authorization_url(**extra)
+        response = follow_until(browser or requests.Session(), url, self.redirect_uri)
         location = response.headers["Location"]
         params = query_of(location)
         assert params.get("state") == state and "code" in params, params
