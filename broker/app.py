@@ -17,6 +17,7 @@ from broker.keys import KeyRing, load_or_create_secret
 from broker.oidc.models import Client
 from broker.oidc.provider import Provider
 from broker.oidc.server import ProviderContext
+from broker.oidc.upstream import UpstreamSessions
 from broker.storage import ClientRecord, SQLStore, Store
 from broker.storage.base import digest
 from broker.web.errors import register_error_handlers
@@ -52,8 +53,14 @@ def create_app(
         app_id=qq.app_id, app_key=qq.app_key, base_url=qq.base_url, scope=qq.scope
     )
     clients = {c.client_id: Client(c) for c in config.clients}
+    token_key = load_or_create_secret(config.keys.dir, "upstream_token_key")
     ctx = ProviderContext(
-        config=config, store=store, keyring=keyring, clients=clients, pairwise_salt=salt
+        config=config,
+        store=store,
+        keyring=keyring,
+        clients=clients,
+        pairwise_salt=salt,
+        upstream=UpstreamSessions(config, store, connector, token_key),
     )
 
     for note in unenforced_settings(config):

@@ -184,7 +184,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         if stored is None:
             return None
         user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time, record.sid)
-        principal = ClientUser(user, self.request.client)
+        client = self.request.client
+        # Per client upstream_check: QQ may end the login here (issue 3 point 3).
+        current = self.server.ctx.upstream.on_refresh(ClientUser(user, client), record.family_id)
+        principal = ClientUser(current, client)
         return principal if self.server.ctx.can_name(principal) else None
 
     def revoke_old_credential(self, refresh_token: RefreshCredential) -> None:

@@ -273,6 +273,7 @@ class Provider:
             return None
         profile = stored_profile(identity.nickname, identity.picture, identity.profile)
         self.ctx.store.upsert_user(UserRecord(identity.openid, unionid, profile, now))
+        self.ctx.upstream.remember(identity)
         return EndUser(identity.openid, unionid, profile, auth_time=now)
 
     def _error(

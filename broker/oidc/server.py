@@ -29,6 +29,7 @@ from broker.oidc.grants import (
 )
 from broker.oidc.models import AccessToken, Client, EndUser, RefreshCredential
 from broker.oidc.token_endpoints import register_token_endpoints
+from broker.oidc.upstream import UpstreamSessions
 from broker.storage.base import RefreshTokenRecord, Store, TokenRecord, digest
 
 
@@ -41,6 +42,7 @@ class ProviderContext:
     keyring: KeyRing
     clients: Mapping[str, Client]
     pairwise_salt: bytes
+    upstream: UpstreamSessions
 
     def can_name(self, principal: ClientUser) -> bool:
         """Whether this client's subject strategy yields a ``sub`` for this user."""
