@@ -11,8 +11,10 @@ from typing import Any
 from authlib.oidc.discovery import OpenIDProviderMetadata
 
 from broker.config import Config
+from broker.oidc.grants import TOKEN_AUTH_METHODS
 
-BASE_CLAIMS = ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash"]
+BASE_CLAIMS = ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "sid"]
+
 PROFILE_CLAIMS = ["name", "nickname", "picture"]
 
 
@@ -24,6 +26,10 @@ def provider_metadata(config: Config) -> dict[str, Any]:
         subject_types.append("pairwise")
     claims = BASE_CLAIMS + PROFILE_CLAIMS
     scopes = ["openid", "profile"]
+    grant_types = ["authorization_code"]
+    if any("refresh_token" in client.grant_types for client in config.clients):
+        grant_types.append("refresh_token")
+        scopes.append("offline_access")
     if any(client.email == "synthetic" for client in config.clients):
         claims += ["email", "email_verified"]
         scopes.append("email")
@@ -38,19 +44,23 @@ def provider_metadata(config: Config) -> dict[str, Any]:
             "token_endpoint": f"{issuer}/token",
             "userinfo_endpoint": f"{issuer}/userinfo",
             "jwks_uri": f"{issuer}/jwks.json",
+            "revocation_endpoint": f"{issuer}/revoke",
+            "introspection_endpoint": f"{issuer}/introspect",
+            "end_session_endpoint": f"{issuer}/logout",
             "scopes_supported": scopes,
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code"],
+            "grant_types_supported": grant_types,
             "subject_types_supported": subject_types,
             "id_token_signing_alg_values_supported": list(config.keys.algorithms),
-            "token_endpoint_auth_methods_supported": [
-                "client_secret_basic",
-                "client_secret_post",
-                "none",
-            ],
+            "token_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
             "claims_supported": claims,
+            "revocation_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
+            "introspection_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS[:2],
             "code_challenge_methods_supported": ["S256"],
+            "backchannel_logout_supported": True,
+            "backchannel_logout_session_supported": True,
+            "frontchannel_logout_supported": False,
             "authorization_response_iss_parameter_supported": True,
             "claims_parameter_supported": False,
             "request_parameter_supported": False,

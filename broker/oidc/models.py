@@ -46,6 +46,7 @@ class Client(ClientMixin):  # type: ignore[misc]
         # Authlib reads client_metadata (e.g. userinfo_signed_response_alg).
         self.client_metadata: dict[str, Any] = {
             "token_endpoint_auth_method": config.token_endpoint_auth_method,
+            "post_logout_redirect_uris": list(config.post_logout_redirect_uris),
         }
         self.id_token_signed_response_alg = config.id_token_signed_response_alg
 

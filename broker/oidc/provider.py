@@ -15,11 +15,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import OAuth2Request
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oidc.rpinitiated import EndSessionRequest
 from flask import Response
 
 from broker.connectors.base import Connector, Identity, UpstreamError
+from broker.oidc.backchannel import BackchannelLogout
 from broker.oidc.claims import stored_profile
 from broker.oidc.discovery import provider_metadata
 from broker.oidc.errors import (
@@ -29,6 +31,7 @@ from broker.oidc.errors import (
     json_error,
     rfc6750_challenge,
 )
+from broker.oidc.logout import BrokerEndSessionEndpoint
 from broker.oidc.models import Client, EndUser
 from broker.oidc.request_policy import check_authorization_parameters, parked_parameters
 from broker.oidc.server import BrokerAuthorizationServer, ProviderContext
@@ -77,6 +80,8 @@ class Provider:
         self.callback_url = f"{ctx.config.issuer}/qq/callback"
         self.metadata = provider_metadata(ctx.config)
         self._next_purge = 0
+        self.backchannel = BackchannelLogout(ctx)
+        self.server.register_endpoint(BrokerEndSessionEndpoint(ctx))
 
     # -- /authorize ------------------------------------------------------------
 
@@ -304,6 +309,43 @@ class Provider:
         except ValueError:
             response = json_error("invalid_request", "Malformed request.", 400)
         return rfc6750_challenge(response)
+
+    # -- /logout (RP-Initiated Logout 1.0) -----------------------------------------
+
+    def validate_logout(self) -> EndSessionRequest:
+        """Raises OAuth2Error for a request that must get an error page, never a redirect."""
+        try:
+            request: EndSessionRequest = self.server.validate_endpoint_request("end_session")
+        except ValueError as err:
+            raise InvalidRequestError("Malformed logout request.") from err
+        return request
+
+    def logout(self, request: EndSessionRequest, session_secret: str | None) -> str | None:
+        """End the session; the post-logout redirect URI (with ``state``) or None."""
+        self._end_session(request, session_secret)
+        response = self.server.create_endpoint_response("end_session", request)
+        return None if response is None else str(response.headers.get("Location"))
+
+    def _end_session(self, request: EndSessionRequest, session_secret: str | None) -> None:
+        """End the browser's session (else the one the hint names), revoke its tokens and
+        tell the back-channel clients (OpenID Back-Channel Logout §2.5), without waiting."""
+        now = int(time.time())
+        session = (
+            self.ctx.store.find_session(digest(session_secret), now) if session_secret else None
+        )
+        if session is None:
+            sid = (request.id_token_claims or {}).get("sid")
+            session = self.ctx.store.get_session(sid) if isinstance(sid, str) else None
+        if session is None:
+            return
+        clients = self.ctx.store.end_session(session.sid)
+        stored = self.ctx.store.get_user(session.user_id)
+        if stored is not None:
+            user = EndUser(
+                stored.user_id, stored.unionid, stored.profile, session.auth_time, session.sid
+            )
+            self.backchannel.notify(user, session.sid, clients)
+        log.info("session ended (%d client(s) took part)", len(clients))
 
     def endpoint_response(self, name: str) -> Response:
         """Revocation, introspection: Authlib endpoints registered on the server."""

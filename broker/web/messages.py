@@ -54,6 +54,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "This login was started in another browser. Sign in again from this browser.",
         "zh-CN": "该登录是在其他浏览器中发起的。请在本浏览器中重新登录。",
     },
+    "logout_invalid": {
+        "en": "This sign-out request is not valid, so you were not sent anywhere.",
+        "zh-CN": "该退出登录请求无效，因此没有进行跳转。",
+    },
     "not_found": {"en": "This page does not exist.", "zh-CN": "页面不存在。"},
     "method_not_allowed": {
         "en": "This address does not accept that kind of request.",

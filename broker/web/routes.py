@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import secrets
 
+from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from broker.oidc.errors import BadAuthorizationRequest
 from broker.oidc.provider import LoginStart, Provider, RedirectToClient
-from broker.web.pages import error_page
+from broker.web.pages import (
+    confirm_logout_page,
+    error_page,
+    logged_out_page,
+    logout_confirmation,
+)
 
 bp = Blueprint("web", __name__, static_folder="static", template_folder="templates")
 
@@ -115,6 +121,28 @@ def introspect() -> Response:
 @bp.route("/userinfo", methods=["GET", "POST"])
 def userinfo() -> Response:
     return provider().userinfo_response()
+
+
+@bp.route("/logout", methods=["GET", "POST"])
+def logout() -> Response:
+    """RP-Initiated Logout 1.0: a bad request gets a page, never a redirect (§4).
+
+    Without a valid id_token_hint the user confirms first (§6: no logout CSRF);
+    the confirmation form carries a token bound to this browser's session.
+    """
+    session_secret = request.cookies.get(cookie_name(SESSION_COOKIE))
+    try:
+        end_request = provider().validate_logout()
+    except OAuth2Error as err:
+        return error_page("logout_invalid", 400, err.description or err.error)
+    confirm = logout_confirmation(session_secret)
+    confirmed = request.method == "POST" and request.form.get("confirm") == confirm
+    if end_request.needs_confirmation and not confirmed:
+        return confirm_logout_page(end_request, confirm)
+    location = provider().logout(end_request, session_secret)
+    response = _redirect(location) if location else logged_out_page()
+    response.delete_cookie(cookie_name(SESSION_COOKIE), path="/")
+    return response
 
 
 @bp.get("/healthz")
