@@ -99,12 +99,6 @@ def unenforced_settings(config: Config) -> list[str]:
         notes.append(f"upstream.qq.base_url: a staging twin ({config.upstream.qq.base_url})")
     for client in config.clients:
         where = f"clients[{client.client_id}]"
-        if "refresh_token" in client.grant_types:
-            notes.append(f"{where}.grant_types: refresh tokens are not issued yet")
-        if client.post_logout_redirect_uris or client.backchannel_logout_uri:
-            notes.append(f"{where}: logout is not implemented yet")
-        if client.access_token_format == "jwt":
-            notes.append(f"{where}.access_token_format: jwt not implemented; tokens are opaque")
         if client.token_endpoint_auth_method == "private_key_jwt":
             notes.append(f"{where}: private_key_jwt is not supported yet; it cannot log in")
     return notes

@@ -120,14 +120,20 @@ def user_claims(
     scope: str,
     subject: str,
     claims_config: ClaimsConfig,
+    requested: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Every claim for this client, user and granted scope (userinfo; ID token with profile)."""
+    """Every claim for this client, user and granted scope, plus those asked for one by
+    one with the ``claims`` parameter (OIDC Core §5.5) within the same policies."""
     claims: dict[str, Any] = {"sub": subject}
     scopes = set(scope_to_list(scope or ""))
+    asked = requested or set()
+    may_see_openid = subject == user.user_id or client.expose_qq_ids
+    profile = profile_claims(user, claims_config, may_see_openid)
     if "profile" in scopes:
-        may_see_openid = subject == user.user_id or client.expose_qq_ids
-        claims.update(profile_claims(user, claims_config, may_see_openid))
-    if client.email == "synthetic" and "email" in scopes:
+        claims.update(profile)
+    else:
+        claims.update({name: value for name, value in profile.items() if name in asked})
+    if client.email == "synthetic" and ("email" in scopes or "email" in asked):
         claims["email"] = f"{subject}@{claims_config.email_domain}"
         claims["email_verified"] = False
     if client.expose_qq_ids:

@@ -12,6 +12,7 @@ from authlib.oidc.discovery import OpenIDProviderMetadata
 
 from broker.config import Config
 from broker.oidc.grants import TOKEN_AUTH_METHODS
+from broker.oidc.request_policy import RESPONSE_MODES
 
 BASE_CLAIMS = ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "sid"]
 
@@ -49,7 +50,7 @@ def provider_metadata(config: Config) -> dict[str, Any]:
             "end_session_endpoint": f"{issuer}/logout",
             "scopes_supported": scopes,
             "response_types_supported": ["code"],
-            "response_modes_supported": ["query"],
+            "response_modes_supported": list(RESPONSE_MODES),
             "grant_types_supported": grant_types,
             "subject_types_supported": subject_types,
             "id_token_signing_alg_values_supported": list(config.keys.algorithms),
@@ -62,7 +63,7 @@ def provider_metadata(config: Config) -> dict[str, Any]:
             "backchannel_logout_session_supported": True,
             "frontchannel_logout_supported": False,
             "authorization_response_iss_parameter_supported": True,
-            "claims_parameter_supported": False,
+            "claims_parameter_supported": True,
             "request_parameter_supported": False,
             "request_uri_parameter_supported": False,
             "ui_locales_supported": ["zh-CN", "en"],

@@ -7,9 +7,11 @@ atomic code redemption, a real ``auth_time``, ``kid`` in the header).
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import (
@@ -36,11 +38,18 @@ if TYPE_CHECKING:
 
 
 class ClientUser:
-    """A user as one relying party sees them: the pair that decides ``sub`` and claims."""
+    """A user as one relying party sees them: what decides ``sub`` and the claims.
 
-    def __init__(self, user: EndUser, client: Client) -> None:
+    ``claims_request`` is the authorization request's ``claims`` parameter
+    (OIDC Core §5.5), carried from the code to every token issued from it.
+    """
+
+    def __init__(
+        self, user: EndUser, client: Client, claims_request: Mapping[str, Any] | None = None
+    ) -> None:
         self.user = user
         self.client = client
+        self.claims_request = claims_request
 
     def get_user_id(self) -> str:
         return self.user.user_id
@@ -100,6 +109,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
                 if challenge
                 else None,
                 sid=user.sid,
+                claims_request=json.loads(data["claims"]) if data.get("claims") else None,
             )
         )
         if user.sid:
@@ -124,7 +134,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         if stored is None:
             return None
         user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time, record.sid)
-        principal = ClientUser(user, self.request.client)
+        principal = ClientUser(user, self.request.client, record.claims_request)
         # A user this client cannot name (e.g. no UnionID) gets no token: invalid_grant.
         return principal if self.server.ctx.can_name(principal) else None
 
@@ -187,7 +197,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         client = self.request.client
         # Per client upstream_check: QQ may end the login here (issue 3 point 3).
         current = self.server.ctx.upstream.on_refresh(ClientUser(user, client), record.family_id)
-        principal = ClientUser(current, client)
+        principal = ClientUser(current, client, record.claims_request)
         return principal if self.server.ctx.can_name(principal) else None
 
     def revoke_old_credential(self, refresh_token: RefreshCredential) -> None:
@@ -232,7 +242,7 @@ class _IDTokenClaims:
         return claims
 
     def generate_user_info(self, user: ClientUser, scope: str) -> dict[str, Any]:
-        return self.server.ctx.claims_for(user, scope)
+        return self.server.ctx.claims_for(user, scope, "id_token")
 
 
 class OpenIDRefreshExtension(_IDTokenClaims, OpenIDToken):  # type: ignore[misc]

@@ -6,6 +6,7 @@ bounded here: known parameters only, each single-valued and capped.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
 from authlib.oauth2 import OAuth2Error
@@ -24,6 +25,7 @@ SINGLE_VALUED = KNOWN
 DEFAULT_MAX_CHARS = 512
 MAX_CHARS = {"redirect_uri": 2048, "id_token_hint": 4096, "claims": 2048}
 MAX_PARAMETERS = 64
+RESPONSE_MODES = ("query", "form_post")
 
 
 class RequestObjectsUnsupported(OAuth2Error):  # type: ignore[misc]
@@ -51,12 +53,34 @@ def check_authorization_parameters(datalist: Mapping[str, Sequence[str]]) -> Non
         raise InvalidRequestError("Missing 'response_type'.")
     if "request" in datalist or "request_uri" in datalist:
         raise RequestObjectsUnsupported("request" in datalist)
-    if datalist.get("response_mode", ["query"])[0] != "query":
-        # Discovery advertises response_modes_supported: ["query"].
-        raise InvalidRequestError("Only response_mode=query is supported.")
+    if datalist.get("response_mode", ["query"])[0] not in RESPONSE_MODES:
+        # Discovery advertises exactly these (OAuth 2.0 Multiple Response Types, Form Post).
+        raise InvalidRequestError("Only response_mode=query or form_post is supported.")
     max_age = datalist.get("max_age")
     if max_age and not max_age[0].isdigit():
         raise InvalidRequestError("Invalid 'max_age'.")
+    claims = datalist.get("claims")
+    if claims and not _valid_claims_request(claims[0]):
+        raise InvalidRequestError("Invalid 'claims' parameter.")
+
+
+def _valid_claims_request(text: str) -> bool:
+    """OIDC Core §5.5: a JSON object with optional ``userinfo`` and ``id_token`` members,
+    each mapping claim names to null or an object (essential, value, values)."""
+    try:
+        request = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(request, dict) or not set(request) <= {"userinfo", "id_token"}:
+        return False
+    for members in request.values():
+        if members is None:
+            continue
+        if not isinstance(members, dict):
+            return False
+        if not all(isinstance(v, dict | type(None)) for v in members.values()):
+            return False
+    return True
 
 
 def parked_parameters(data: Mapping[str, str]) -> dict[str, str]:

@@ -60,12 +60,17 @@ class ProviderContext:
             self.pairwise_salt,
         )
 
-    def claims_for(self, principal: ClientUser, scope: str) -> dict[str, Any]:
+    def claims_for(
+        self, principal: ClientUser, scope: str, target: str = "userinfo"
+    ) -> dict[str, Any]:
+        """Claims for the userinfo response or the ID token (``target``, OIDC Core §5.5)."""
+        requested = (principal.claims_request or {}).get(target) or {}
         return user_claims(
             client=principal.client.config,
             user=principal.user,
             scope=scope,
             subject=self.subject(principal),
+            requested=set(requested),
             claims_config=self.config.claims,
         )
 
@@ -96,7 +101,7 @@ class BrokerBearerTokenValidator(BearerTokenValidator):  # type: ignore[misc]
         if client is None or stored is None:
             return None
         user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time, record.sid)
-        principal = ClientUser(user, client)
+        principal = ClientUser(user, client, record.claims_request)
         if not self.ctx.can_name(principal):
             return None
         return AccessToken(record, client, principal)  # type: ignore[arg-type]
@@ -113,7 +118,7 @@ class BrokerUserInfoEndpoint(UserInfoEndpoint):  # type: ignore[misc]
         return self.ctx.config.issuer
 
     def generate_user_info(self, user: ClientUser, scope: str) -> dict[str, Any]:
-        return self.ctx.claims_for(user, scope)
+        return self.ctx.claims_for(user, scope, "userinfo")
 
 
 class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
@@ -170,6 +175,7 @@ class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
                 sid=principal.user.sid,
                 family_id=family_id,
                 code_digest=code.record.code_digest if code else None,
+                claims_request=principal.claims_request,
             )
         )
         if "refresh_token" in token and family_id:
@@ -197,5 +203,6 @@ class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
                 expires_at=min(now + lifetimes.refresh_idle, family_end),
                 family_expires_at=family_end,
                 sid=principal.user.sid,
+                claims_request=principal.claims_request,
             )
         )
