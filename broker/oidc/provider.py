@@ -68,6 +68,8 @@ class RedirectToClient:
 
     location: str
     session_secret: str | None = None
+    #: OAuth 2.0 Form Post Response Mode: deliver the parameters by an auto-submitted POST.
+    form_post: bool = False
 
 
 class Provider:
@@ -100,10 +102,11 @@ class Provider:
             grant = self.server.get_consent_grant(end_user=session_user)
         except OAuth2Error as err:
             description = FIXED_DESCRIPTIONS.get(err.error) or err.description or err.error
-            return self._error(redirect_uri, err.error, description, state)
+            return self._error(redirect_uri, err.error, description, state, request.payload.data)
         except ValueError:
             # Authlib refuses descriptions that echo unsafe request input.
-            return self._error(redirect_uri, "invalid_request", "Malformed request.", state)
+            data = request.payload.data
+            return self._error(redirect_uri, "invalid_request", "Malformed request.", state, data)
 
         if session_user is not None:
             # Single sign-on: the broker session answers, no QQ round trip.
@@ -160,7 +163,7 @@ class Provider:
         location = response.headers.get("Location")
         if not location:
             raise BadAuthorizationRequest("unknown_client", "The request is no longer valid.")
-        return RedirectToClient(location, session_secret)
+        return RedirectToClient(location, session_secret, _form_post(request.payload.data))
 
     def _housekeeping(self, now: int) -> None:
         """Purge expired rows now and then, so abandoned logins cannot pile up."""
@@ -218,14 +221,15 @@ class Provider:
                 "QQ login failed: %s (client=%s, qq_code=%s, qq_message=%s)",
                 err.hint, tx.client_id, err.upstream_code, err.upstream_message,
             )  # fmt: skip
-            return self._error(
-                redirect_uri, err.oauth_error, describe_upstream_error(err), rp_state
-            )
+            description = describe_upstream_error(err)
+            return self._error(redirect_uri, err.oauth_error, description, rp_state, params)
         if want_unionid and not identity.unionid:
-            return self._error(redirect_uri, "server_error", "QQ returned no UnionID.", rp_state)
+            no_unionid = "QQ returned no UnionID."
+            return self._error(redirect_uri, "server_error", no_unionid, rp_state, params)
         user = self._remember(identity)
         if user is None:
-            return self._error(redirect_uri, "server_error", "QQ identity conflict.", rp_state)
+            conflict = "QQ identity conflict."
+            return self._error(redirect_uri, "server_error", conflict, rp_state, params)
         user, session_secret = self._new_session(user)
         # authlib-notes pitfall 4: rebuild the parked request and let Authlib finish it.
         request = OAuth2Request("GET", f"{self.ctx.config.issuer}/authorize")
@@ -282,17 +286,21 @@ class Provider:
         return EndUser(identity.openid, unionid, profile, auth_time=now)
 
     def _error(
-        self, redirect_uri: str, error: str, description: str, state: str | None
+        self,
+        redirect_uri: str,
+        error: str,
+        description: str,
+        state: str | None,
+        data: Mapping[str, str],
     ) -> RedirectToClient:
-        return RedirectToClient(
-            error_redirect_uri(
-                redirect_uri,
-                error=error,
-                description=description,
-                state=state,
-                issuer=self.ctx.config.issuer,
-            )
+        location = error_redirect_uri(
+            redirect_uri,
+            error=error,
+            description=description,
+            state=state,
+            issuer=self.ctx.config.issuer,
         )
+        return RedirectToClient(location, form_post=_form_post(data))
 
     # -- /token, /userinfo ---------------------------------------------------------
 
@@ -372,3 +380,7 @@ class Provider:
 def _new_state() -> str:
     """UP-01: a fresh 256-bit upstream state per login, never a constant."""
     return secrets.token_urlsafe(32)
+
+
+def _form_post(data: Mapping[str, str]) -> bool:
+    return data.get("response_mode") == "form_post"

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from broker.oidc.errors import BadAuthorizationRequest
 from broker.oidc.provider import LoginStart, Provider, RedirectToClient
+from broker.web.form_post import form_post_response
 from broker.web.pages import (
     confirm_logout_page,
     error_page,
@@ -82,7 +83,7 @@ def authorize() -> Response:
     except BadAuthorizationRequest as err:
         return error_page(err.message_key, err.status, err.detail)
     if isinstance(outcome, RedirectToClient):
-        return _redirect(outcome.location)
+        return _to_client(outcome)
     assert isinstance(outcome, LoginStart)
     response = _redirect(outcome.upstream_url)
     set_cookie(response, BROWSER_COOKIE, browser_secret)
@@ -96,7 +97,7 @@ def qq_callback() -> Response:
         outcome = provider().finish_login(args, request.cookies.get(browser_cookie_name()))
     except BadAuthorizationRequest as err:
         return error_page(err.message_key, err.status, err.detail)
-    response = _redirect(outcome.location)
+    response = _to_client(outcome)
     if outcome.session_secret:
         lifetime = provider().ctx.config.lifetimes.session
         set_cookie(response, SESSION_COOKIE, outcome.session_secret, max_age=lifetime)
@@ -166,6 +167,13 @@ def _browser_secret() -> str:
     if 32 <= len(existing) <= 64 and existing.replace("-", "").replace("_", "").isalnum():
         return existing
     return secrets.token_urlsafe(32)
+
+
+def _to_client(outcome: RedirectToClient) -> Response:
+    """The authorization response: a 302 with a query, or the form_post page."""
+    if outcome.form_post:
+        return form_post_response(outcome.location)
+    return _redirect(outcome.location)
 
 
 def _redirect(location: str) -> Response:

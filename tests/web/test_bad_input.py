@@ -86,7 +86,7 @@ def test_error_page_escapes_and_speaks_the_users_language(broker: Broker) -> Non
     [
         ({"response_type": "token"}, "unsupported_response_type"),
         ({"response_type": None}, "invalid_request"),
-        ({"response_mode": "form_post"}, "invalid_request"),
+        ({"response_mode": "fragment"}, "invalid_request"),
         ({"max_age": "abc"}, "invalid_request"),
         ({"scope": "profile"}, "invalid_scope"),
         ({"code_challenge_method": "plain"}, "invalid_request"),
