@@ -203,3 +203,11 @@ class Connector(Protocol):
     def refresh(self, refresh_token: str) -> UpstreamTokens:
         """Use (and so consume) an upstream refresh token; returns the rotated tokens."""
         ...
+
+    def check_token(self, access_token: str, want_unionid: bool = False) -> tuple[str, str | None]:
+        """Whom a stored access token belongs to: ``(openid, unionid)`` (strict refresh)."""
+        ...
+
+    def user_info(self, access_token: str, openid: str) -> tuple[str, str | None, dict[str, Any]]:
+        """The current profile for a stored access token: ``(nickname, picture, profile)``."""
+        ...

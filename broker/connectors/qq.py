@@ -506,6 +506,23 @@ class QQConnector:
             )
         return self._me(access_token, want_unionid, login=False)
 
+    def user_info(self, access_token: str, openid: str) -> tuple[str, str | None, dict[str, Any]]:
+        """The current profile behind a stored access token, for strict refresh (section 2.5).
+
+        Returns ``(nickname, picture, profile)`` parsed exactly as :meth:`exchange` fills an
+        :class:`Identity`. A dead token raises UpstreamRejected with ``invalid_grant``
+        (refresh time, not login time).
+        """
+        if not _is_token(access_token):
+            raise UpstreamRejected(
+                oauth_error="invalid_grant",
+                message_key="upstream.token_expired",
+                hint="no usable upstream access token is stored: the user must log in again",
+                endpoint="get_user_info",
+            )
+        profile = self._user_info(access_token, openid, login=False)
+        return _nickname(profile), _picture(profile), profile
+
     def close(self) -> None:
         """Close the connection pool, unless the session was handed in by the caller."""
         if self._owns_session:
@@ -561,7 +578,7 @@ class QQConnector:
             raise self._protocol("me", "/me returned no usable unionid although unionid=1 was sent")
         return openid, unionid
 
-    def _user_info(self, access_token: str, openid: str) -> dict[str, Any]:
+    def _user_info(self, access_token: str, openid: str, *, login: bool = True) -> dict[str, Any]:
         # oauth_consumer_key is required (section 2.5); the body is always JSON.
         params = {"access_token": access_token, "oauth_consumer_key": self.app_id, "openid": openid}
         body = self._call("GET", "get_user_info", params=params, secrets=(access_token,))
@@ -572,7 +589,7 @@ class QQConnector:
             raise self._protocol("get_user_info", "get_user_info ret is not a number")
         if ret != 0:  # any ret != 0 fails, not only ret < 0 (section 5.2)
             raise self._rejected(
-                ret, body.get("msg"), "get_user_info", login=True, secrets=(access_token,)
+                ret, body.get("msg"), "get_user_info", login=login, secrets=(access_token,)
             )
         if _as_int(body.get("is_lost")) == 1:
             log.info("QQ get_user_info reports is_lost=1 (partial profile data)")

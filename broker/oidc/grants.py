@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import (
+    InvalidGrantError,
     InvalidRequestError,
     InvalidScopeError,
     OAuth2Request,
@@ -164,9 +165,13 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
     request: OAuth2Request
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshCredential | None:
+        """Find a live token of this client; a rotated one means replay: revoke the family.
+
+        The token is only looked at here. It is consumed in authenticate_user,
+        after QQ had its say, so a transient QQ outage does not burn it.
+        """
         store, now = self.server.ctx.store, int(time.time())
-        token_digest = digest(refresh_token)
-        record = store.get_refresh_token(token_digest)
+        record = store.get_refresh_token(digest(refresh_token))
         if record is None or record.client_id != self.request.client.client_id:
             return None  # another client's token is never consumed (RFC 6749 §6)
         self._check_scope(record.scope)
@@ -174,13 +179,9 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
             log.warning("refresh token reuse: revoking family (client=%s)", record.client_id)
             store.revoke_family(record.family_id)
             return None
-        rotated = store.rotate_refresh_token(token_digest, now)
-        if rotated is None:
-            if not record.revoked and min(record.expires_at, record.family_expires_at) > now:
-                # Lost a race for the same token: that is a replay too.
-                store.revoke_family(record.family_id)
+        if record.revoked or min(record.expires_at, record.family_expires_at) <= now:
             return None
-        return RefreshCredential(rotated)
+        return RefreshCredential(record)
 
     def _check_scope(self, granted: str) -> None:
         """RFC 6749 §6: no scope beyond the original grant (checked before rotating)."""
@@ -190,18 +191,23 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
 
     def authenticate_user(self, refresh_token: RefreshCredential) -> ClientUser | None:
         record = refresh_token.record
-        stored = self.server.ctx.store.get_user(record.user_id)
+        store = self.server.ctx.store
+        stored = store.get_user(record.user_id)
         if stored is None:
             return None
         user = EndUser(stored.user_id, stored.unionid, stored.profile, record.auth_time, record.sid)
         client = self.request.client
         # Per client upstream_check: QQ may end the login here (issue 3 point 3).
         current = self.server.ctx.upstream.on_refresh(ClientUser(user, client), record.family_id)
+        if store.rotate_refresh_token(record.token_digest, int(time.time())) is None:
+            # Another request used this token first: a replay, so the family goes.
+            store.revoke_family(record.family_id)
+            raise InvalidGrantError()
         principal = ClientUser(current, client, record.claims_request)
         return principal if self.server.ctx.can_name(principal) else None
 
     def revoke_old_credential(self, refresh_token: RefreshCredential) -> None:
-        """Nothing to do: the token was rotated when it was authenticated."""
+        """Nothing to do: the token was rotated in authenticate_user."""
 
     def generate_token(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return _generate_with_offline_rule(super().generate_token, *args, **kwargs)
