@@ -97,10 +97,6 @@ def unenforced_settings(config: Config) -> list[str]:
         notes.append("claims.picture: proxy behaves as https until the avatar proxy exists")
     if not config.is_development and config.upstream.qq.base_url != PRODUCTION_QQ_BASE_URL:
         notes.append(f"upstream.qq.base_url: a staging twin ({config.upstream.qq.base_url})")
-    for client in config.clients:
-        where = f"clients[{client.client_id}]"
-        if client.token_endpoint_auth_method == "private_key_jwt":
-            notes.append(f"{where}: private_key_jwt is not supported yet; it cannot log in")
     return notes
 
 

@@ -11,7 +11,8 @@ from typing import Any
 from authlib.oidc.discovery import OpenIDProviderMetadata
 
 from broker.config import Config
-from broker.oidc.grants import TOKEN_AUTH_METHODS
+from broker.oidc.client_auth import ASSERTION_ALGORITHMS
+from broker.oidc.grants import CONFIDENTIAL_AUTH_METHODS, TOKEN_AUTH_METHODS
 from broker.oidc.request_policy import RESPONSE_MODES
 
 BASE_CLAIMS = ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash", "sid"]
@@ -57,7 +58,8 @@ def provider_metadata(config: Config) -> dict[str, Any]:
             "token_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
             "claims_supported": claims,
             "revocation_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
-            "introspection_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS[:2],
+            "introspection_endpoint_auth_methods_supported": CONFIDENTIAL_AUTH_METHODS,
+            "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
             "code_challenge_methods_supported": ["S256"],
             "backchannel_logout_supported": True,
             "backchannel_logout_session_supported": True,

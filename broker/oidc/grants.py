@@ -31,8 +31,10 @@ from broker.storage.base import AuthorizationCodeRecord, digest
 
 log = logging.getLogger("broker.oidc")
 
-#: Client authentication methods the token endpoint accepts (OIDC Core §9).
-TOKEN_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+#: Client authentication that proves who the client is (OIDC Core §9).
+CONFIDENTIAL_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+#: What the token and revocation endpoints accept: public clients too (with PKCE).
+TOKEN_AUTH_METHODS = [*CONFIDENTIAL_AUTH_METHODS, "none"]
 
 if TYPE_CHECKING:
     from broker.oidc.server import BrokerAuthorizationServer

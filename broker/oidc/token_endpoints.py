@@ -16,7 +16,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
 from broker.oidc.claims import SubjectUnavailable
-from broker.oidc.grants import ClientUser
+from broker.oidc.grants import CONFIDENTIAL_AUTH_METHODS, TOKEN_AUTH_METHODS, ClientUser
 from broker.oidc.models import Client, EndUser
 from broker.storage.base import RefreshTokenRecord, Store, TokenRecord, digest
 
@@ -146,11 +146,7 @@ class BrokerRevocationEndpoint(RevocationEndpoint):  # type: ignore[misc]
     # Pitfall 9: Authlib allows only client_secret_basic. RFC 7009 §2.1 lets a public
     # client revoke its own tokens; Client.check_endpoint_auth_method still holds each
     # client to its registered method.
-    CLIENT_AUTH_METHODS = [  # noqa: RUF012 (Authlib's class attribute)
-        "client_secret_basic",
-        "client_secret_post",
-        "none",
-    ]
+    CLIENT_AUTH_METHODS = TOKEN_AUTH_METHODS
     server: BrokerAuthorizationServer
 
     def check_params(self, request: OAuth2Request, client: Client) -> None:
@@ -182,10 +178,7 @@ class BrokerIntrospectionEndpoint(IntrospectionEndpoint):  # type: ignore[misc]
 
     # RFC 7662 §2.1/§4: the endpoint MUST require authorization to stop token scanning;
     # "none" proves nothing, so public clients (which are no resource servers) are refused.
-    CLIENT_AUTH_METHODS = [  # noqa: RUF012 (Authlib's class attribute)
-        "client_secret_basic",
-        "client_secret_post",
-    ]
+    CLIENT_AUTH_METHODS = CONFIDENTIAL_AUTH_METHODS
     server: BrokerAuthorizationServer
 
     def check_params(self, request: OAuth2Request, client: Client) -> None:
