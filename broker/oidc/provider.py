@@ -8,6 +8,7 @@ the user is. The token and userinfo endpoints are Authlib's.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -124,7 +125,7 @@ class Provider:
                 expires_at=now + self.ctx.config.lifetimes.login,
             )
         )
-        display = "mobile" if request.payload.data.get("display") in {"touch", "wap"} else None
+        display = "mobile" if _wants_mobile_page(request) else None
         url = self.connector.authorization_url(
             redirect_uri=self.callback_url, state=upstream_state, display=display
         )
@@ -384,3 +385,14 @@ def _new_state() -> str:
 
 def _form_post(data: Mapping[str, str]) -> bool:
     return data.get("response_mode") == "form_post"
+
+
+#: User agents that get QQ's mobile login page (phones, tablets, in-app browsers).
+MOBILE_AGENT = re.compile(r"Mobile|Android|iPhone|iPad|MicroMessenger|\bQQ/", re.IGNORECASE)
+
+
+def _wants_mobile_page(request: OAuth2Request) -> bool:
+    """OIDC Core §3.1.2.1 ``display=touch`` (or ``wap``), or a mobile browser."""
+    if request.payload.data.get("display") in {"touch", "wap"}:
+        return True
+    return bool(MOBILE_AGENT.search(request.headers.get("User-Agent", "")))

@@ -94,6 +94,17 @@ def test_touch_display_selects_qqs_mobile_page(broker: Broker, emulator: Emulato
     assert "display" not in pages[-1]["params"]
 
 
+def test_mobile_browser_gets_qqs_mobile_page(broker: Broker, emulator: Emulator) -> None:
+    emulator.control(auto_login="zhangsan")
+    rp = RelyingParty(broker, "rp-basic")
+    url, _ = rp.authorization_url()
+    phone = requests.Session()
+    phone.headers["User-Agent"] = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile"
+    follow_until(phone, url, rp.redirect_uri)
+    authorize = next(r for r in emulator.requests() if r["endpoint"] == "authorize")
+    assert authorize["params"].get("display") == "mobile"
+
+
 def test_interop_parameters_are_accepted(broker: Broker, emulator: Emulator) -> None:
     result = RelyingParty(broker, "rp-basic").login(
         emulator,
