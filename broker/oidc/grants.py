@@ -123,8 +123,15 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
     def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
         # Redeemed here, atomically, rather than in delete_authorization_code:
         # Authlib saves tokens before deleting, which would let a racing request win twice.
-        record = self.server.ctx.store.consume_code(digest(code), int(time.time()))
-        if record is None or record.client_id != client.client_id:
+        store, code_digest = self.server.ctx.store, digest(code)
+        record = store.consume_code(code_digest, int(time.time()))
+        if record is None:
+            if store.code_was_used(code_digest):
+                # RFC 6749 §4.1.2: a replayed code revokes what it issued (RFC 9700 §4.2.4).
+                log.warning("authorization code replay: revoking the tokens it issued")
+                store.revoke_tokens_of_code(code_digest)
+            return None
+        if record.client_id != client.client_id:
             return None
         return AuthorizationCode(record)
 

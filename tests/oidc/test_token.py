@@ -139,3 +139,20 @@ def test_access_token_works_at_userinfo_and_in_post(broker: Broker, emulator: Em
     assert get.json()["sub"] == emulator.user("zhangsan")["openid"]
     in_query = requests.get(f"{broker.issuer}/userinfo?access_token={token}", timeout=5)
     assert in_query.status_code == 401
+
+
+def test_code_replay_revokes_the_tokens_it_issued(broker: Broker, emulator: Emulator) -> None:
+    code, verifier = obtain_code(broker, emulator, "rp-refresh")
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "code_verifier": verifier,
+        "redirect_uri": broker.clients["rp-refresh"]["redirect_uri"],
+    }
+    auth = ("rp-refresh", broker.clients["rp-refresh"]["client_secret"])
+    first = requests.post(f"{broker.issuer}/token", data=data, auth=auth, timeout=10).json()
+    headers = {"Authorization": f"Bearer {first['access_token']}"}
+    assert requests.get(f"{broker.issuer}/userinfo", headers=headers, timeout=5).status_code == 200
+    replay = requests.post(f"{broker.issuer}/token", data=data, auth=auth, timeout=10)
+    assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+    assert requests.get(f"{broker.issuer}/userinfo", headers=headers, timeout=5).status_code == 401
