@@ -1,4 +1,4 @@
-"""Headers every response carries (security-checklist BR-01, BR-02, BR-05)."""
+"""Headers every response carries (security-checklist BR-01, BR-02, BR-05, BR-06)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def add_security_headers(response: Response) -> Response:
     headers.setdefault("Content-Security-Policy", CSP)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.scheme == "https":
+        # The scheme is the issuer's (create_app), so this is set exactly in production.
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     if request.path.startswith(NO_STORE_PREFIXES):
         headers["Cache-Control"] = "no-store"
         headers["Pragma"] = "no-cache"

@@ -46,3 +46,4 @@ def test_production_cookie_is_host_prefixed_secure_httponly_lax(tmp_path: Path) 
     for attribute in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
         assert attribute in cookie
     assert "Domain" not in cookie and "Max-Age" not in cookie
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
