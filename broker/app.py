@@ -95,7 +95,8 @@ def unenforced_settings(config: Config) -> list[str]:
         notes.append("rate_limits: accepted, but requests are not rate-limited yet")
     if config.claims.picture == "proxy":
         notes.append("claims.picture: proxy behaves as https until the avatar proxy exists")
-    if not config.is_development and config.upstream.qq.base_url != PRODUCTION_QQ_BASE_URL:
+    base_url = config.upstream.qq.base_url.lower().rstrip("/")
+    if not config.is_development and base_url != PRODUCTION_QQ_BASE_URL:
         notes.append(f"upstream.qq.base_url: a staging twin ({config.upstream.qq.base_url})")
     return notes
 

@@ -18,7 +18,7 @@ from authlib.oidc.core import AuthorizationCodeMixin
 from broker.config import ClientConfig
 from broker.storage.base import AuthorizationCodeRecord, RefreshTokenRecord, TokenRecord, digest
 
-#: Scopes the broker understands; anything else is refused with invalid_scope.
+#: Scopes the broker understands; others are dropped (RFC 6749 §3.3 lets the server ignore them).
 SUPPORTED_SCOPES = ("openid", "profile", "email", "offline_access")
 
 
