@@ -8,6 +8,8 @@ ends the session, revokes its tokens and tells back-channel clients.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -38,9 +40,12 @@ class BrokerEndSessionEndpoint(EndSessionEndpoint):  # type: ignore[misc]
     def validate_request(self, request: Any) -> EndSessionRequest:
         validated: EndSessionRequest = super().validate_request(request)
         claims = validated.id_token_claims
-        if claims is not None and claims.get("iss") != self.ctx.config.issuer:
-            # authlib-notes pitfall 11: the signature is checked, the issuer is not.
-            raise InvalidRequestError("The id_token_hint was not issued here.")
+        if claims is not None:
+            hint = request.payload.data.get("id_token_hint", "")
+            if claims.get("iss") != self.ctx.config.issuer or not is_id_token(hint, claims):
+                # authlib-notes pitfall 11: Authlib checks the signature, not the issuer;
+                # and every JWT the broker signs verifies, not only ID tokens.
+                raise InvalidRequestError("The id_token_hint is not an ID token issued here.")
         return validated
 
     def resolve_client_from_id_token_claims(self, id_token_claims: dict[str, Any]) -> Client | None:
@@ -54,3 +59,18 @@ class BrokerEndSessionEndpoint(EndSessionEndpoint):  # type: ignore[misc]
     def end_session(self, end_session_request: EndSessionRequest) -> None:
         """Nothing here: the provider ends the session (it knows the browser's cookie)
         before asking Authlib for the response."""
+
+
+#: Tokens the broker signs that are not ID tokens: RFC 9068 access tokens, logout tokens.
+NOT_ID_TOKEN_TYPES = frozenset({"at+jwt", "logout+jwt"})
+
+
+def is_id_token(token: str, claims: dict[str, Any]) -> bool:
+    """Tell an ID token from the broker's other signed JWTs by its header and claims."""
+    try:
+        header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    except (ValueError, IndexError):
+        return False
+    if not isinstance(header, dict) or str(header.get("typ", "JWT")).lower() in NOT_ID_TOKEN_TYPES:
+        return False
+    return not {"events", "client_id", "scope"} & set(claims)

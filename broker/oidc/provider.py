@@ -329,24 +329,42 @@ class Provider:
             raise InvalidRequestError("Malformed logout request.") from err
         return request
 
-    def logout(self, request: EndSessionRequest, session_secret: str | None) -> str | None:
-        """End the session; the post-logout redirect URI (with ``state``) or None."""
-        self._end_session(request, session_secret)
+    def logout_needs_confirmation(
+        self, request: EndSessionRequest, session_secret: str | None
+    ) -> bool:
+        """Ask the user first without a valid hint (§6), and when the hint names another
+        session than this browser's: anyone's ID token must not log out whoever clicks."""
+        if request.needs_confirmation:
+            return True
+        session = self._browser_session(session_secret)
+        hinted = (request.id_token_claims or {}).get("sid")
+        return session is not None and hinted != session.sid
+
+    def logout(
+        self, request: EndSessionRequest, session_secret: str | None, confirmed: bool
+    ) -> str | None:
+        """End the session; the post-logout redirect URI (with ``state``) or None.
+
+        A confirmed logout ends this browser's session; an unconfirmed one (valid
+        hint, same session or no browser session) ends the session the hint names.
+        """
+        session = self._browser_session(session_secret)
+        if session is None or not confirmed:
+            sid = (request.id_token_claims or {}).get("sid")
+            session = self.ctx.store.get_session(sid) if isinstance(sid, str) else None
+        if session is not None and not session.ended:
+            self._end_session(session)
         response = self.server.create_endpoint_response("end_session", request)
         return None if response is None else str(response.headers.get("Location"))
 
-    def _end_session(self, request: EndSessionRequest, session_secret: str | None) -> None:
-        """End the browser's session (else the one the hint names), revoke its tokens and
-        tell the back-channel clients (OpenID Back-Channel Logout §2.5), without waiting."""
-        now = int(time.time())
-        session = (
-            self.ctx.store.find_session(digest(session_secret), now) if session_secret else None
-        )
-        if session is None:
-            sid = (request.id_token_claims or {}).get("sid")
-            session = self.ctx.store.get_session(sid) if isinstance(sid, str) else None
-        if session is None:
-            return
+    def _browser_session(self, session_secret: str | None) -> SessionRecord | None:
+        if not session_secret:
+            return None
+        return self.ctx.store.find_session(digest(session_secret), int(time.time()))
+
+    def _end_session(self, session: SessionRecord) -> None:
+        """End a session, revoke its tokens and tell the back-channel clients
+        (OpenID Back-Channel Logout §2.5) without waiting for them."""
         clients = self.ctx.store.end_session(session.sid)
         stored = self.ctx.store.get_user(session.user_id)
         if stored is not None:

@@ -138,11 +138,14 @@ def logout() -> Response:
         return error_page("logout_invalid", 400, err.description or err.error)
     confirm = logout_confirmation(session_secret)
     confirmed = request.method == "POST" and request.form.get("confirm") == confirm
-    if end_request.needs_confirmation and not confirmed:
+    if not confirmed and provider().logout_needs_confirmation(end_request, session_secret):
         return confirm_logout_page(end_request, confirm)
-    location = provider().logout(end_request, session_secret)
+    location = provider().logout(end_request, session_secret, confirmed)
     response = _redirect(location) if location else logged_out_page()
-    response.delete_cookie(cookie_name(SESSION_COOKIE), path="/")
+    dev = provider().ctx.config.is_development
+    response.delete_cookie(
+        cookie_name(SESSION_COOKIE), path="/", secure=not dev, httponly=True, samesite="Lax"
+    )
     return response
 
 

@@ -137,3 +137,51 @@ def test_backchannel_logout_reaches_the_clients_of_the_session(tmp_path: Path) -
     finally:
         pair.stop()
         served.stop()
+
+
+def test_someone_elses_hint_does_not_log_this_browser_out(
+    broker: Broker, emulator: Emulator
+) -> None:
+    """Logout CSRF: a link carrying the attacker's own valid ID token."""
+    _, attacker = logged_in(broker, emulator)
+    victim = requests.Session()
+    RelyingParty(broker, "rp-refresh").login(emulator, user="lisi", browser=victim)
+    params = {
+        "id_token_hint": attacker["token"]["id_token"],
+        "post_logout_redirect_uri": LOGGED_OUT,
+        "state": "x",
+    }
+    response = victim.get(f"{broker.issuer}/logout", params=params, allow_redirects=False)
+    assert response.status_code == 200 and 'name="confirm"' in response.text
+    assert still_logged_in(broker, victim)
+
+
+def test_only_id_tokens_are_accepted_as_hints(tmp_path: Path) -> None:
+    clients = [
+        {
+            "client_id": "rp-jwt",
+            "client_secret": "s" * 32,
+            "redirect_uris": [f"{RP}/jwt/callback"],
+            "access_token_format": "jwt",
+            "post_logout_redirect_uris": [f"{RP}/jwt/out"],
+        }
+    ]
+    pair = start_pair(tmp_path, clients=clients)
+    try:
+        browser = requests.Session()
+        result = RelyingParty(pair.broker, "rp-jwt").login(pair.emulator, browser=browser)
+        params = {
+            "id_token_hint": result["token"]["access_token"],
+            "post_logout_redirect_uri": f"{RP}/jwt/out",
+        }
+        response = browser.get(f"{pair.broker.issuer}/logout", params=params, allow_redirects=False)
+        assert response.status_code == 400 and "Location" not in response.headers
+        assert still_logged_in_as(pair.broker, browser, "rp-jwt")
+    finally:
+        pair.stop()
+
+
+def still_logged_in_as(broker: Broker, browser: requests.Session, client_id: str) -> bool:
+    url, _ = RelyingParty(broker, client_id).authorization_url(prompt="none")
+    response = browser.get(url, allow_redirects=False, timeout=5)
+    return "code" in query_of(response.headers["Location"])
