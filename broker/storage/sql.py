@@ -185,7 +185,9 @@ class SQLStore:
 
     @_guarded
     def save_token(self, token: TokenRecord) -> None:
-        self._insert(schema.tokens, token)
+        with self._engine.begin() as conn:
+            conn.execute(sa.insert(schema.tokens).values(**_values(token)))
+            self._inherit_revocation(conn, schema.tokens, token.family_id, token.sid)
 
     @_guarded
     def get_token(self, token_digest: str) -> TokenRecord | None:
@@ -218,7 +220,32 @@ class SQLStore:
 
     @_guarded
     def save_refresh_token(self, token: RefreshTokenRecord) -> None:
-        self._insert(schema.refresh_tokens, token)
+        with self._engine.begin() as conn:
+            conn.execute(sa.insert(schema.refresh_tokens).values(**_values(token)))
+            self._inherit_revocation(conn, schema.refresh_tokens, token.family_id, token.sid)
+
+    @staticmethod
+    def _inherit_revocation(
+        conn: Connection, table: sa.Table, family_id: str | None, sid: str | None
+    ) -> None:
+        """A token born into a revoked family or an ended session is revoked at once.
+
+        Revocation updates the rows that exist; this closes the window in which a
+        request that passed its checks saves new tokens after the revocation.
+        """
+        refresh, sessions = schema.refresh_tokens, schema.sessions
+        if family_id:
+            family_revoked = sa.exists().where(
+                refresh.c.family_id == family_id, refresh.c.revoked.is_(True)
+            )
+            conn.execute(
+                sa.update(table)
+                .where(table.c.family_id == family_id, family_revoked)
+                .values(revoked=True)
+            )
+        if sid:
+            ended = sa.exists().where(sessions.c.sid == sid, sessions.c.ended.is_(True))
+            conn.execute(sa.update(table).where(table.c.sid == sid, ended).values(revoked=True))
 
     @_guarded
     def get_refresh_token(self, token_digest: str) -> RefreshTokenRecord | None:
@@ -281,6 +308,9 @@ class SQLStore:
             conn.execute(
                 sa.update(schema.sessions).where(schema.sessions.c.sid == sid).values(ended=True)
             )
+            # Codes not yet redeemed die with the session.
+            codes = schema.authorization_codes
+            conn.execute(sa.update(codes).where(codes.c.sid == sid).values(used=True))
             families = conn.execute(
                 sa.select(schema.refresh_tokens.c.family_id).where(
                     schema.refresh_tokens.c.sid == sid

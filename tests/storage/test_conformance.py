@@ -23,7 +23,7 @@ from broker.storage import (
     TokenRecord,
     UserRecord,
 )
-from broker.storage.base import digest
+from broker.storage.base import RefreshTokenRecord, SessionRecord, digest
 
 
 @pytest.fixture(params=["sqlite"])
@@ -144,3 +144,72 @@ def test_upsert_without_unionid_keeps_the_stored_one(store: Store) -> None:
     store.upsert_user(UserRecord("OPENID2", "UID_Y", {"nickname": "a"}, 1))
     store.upsert_user(UserRecord("OPENID2", None, {"nickname": "b"}, 2))
     assert store.get_user("OPENID2") == UserRecord("OPENID2", "UID_Y", {"nickname": "b"}, 2)
+
+
+def refresh_record(name: str, family: str = "fam", sid: str | None = None) -> RefreshTokenRecord:
+    return RefreshTokenRecord(
+        token_digest=digest(name),
+        family_id=family,
+        client_id="rp",
+        user_id="U",
+        scope="openid offline_access",
+        auth_time=1,
+        issued_at=NOW,
+        expires_at=NOW + 60,
+        family_expires_at=NOW + 600,
+        sid=sid,
+    )
+
+
+def test_refresh_rotation_is_single_use_and_family_revocation_reaches_access_tokens(
+    store: Store,
+) -> None:
+    store.save_refresh_token(refresh_record("rt1"))
+    store.save_token(
+        TokenRecord(digest("at1"), "rp", "U", "openid", NOW, NOW + 60, 1, family_id="fam")
+    )
+    assert store.rotate_refresh_token(digest("rt1"), NOW) is not None
+    assert store.rotate_refresh_token(digest("rt1"), NOW) is None
+    store.revoke_family("fam")
+    assert store.get_token(digest("at1")).revoked  # type: ignore[union-attr]
+    assert store.get_refresh_token(digest("rt1")).revoked  # type: ignore[union-attr]
+
+
+def test_tokens_saved_after_a_revocation_are_born_revoked(store: Store) -> None:
+    store.save_refresh_token(refresh_record("old", family="late"))
+    store.revoke_family("late")
+    store.save_refresh_token(refresh_record("new", family="late"))
+    store.save_token(
+        TokenRecord(digest("at-late"), "rp", "U", "openid", NOW, NOW + 60, 1, family_id="late")
+    )
+    assert store.get_refresh_token(digest("new")).revoked  # type: ignore[union-attr]
+    assert store.get_token(digest("at-late")).revoked  # type: ignore[union-attr]
+
+
+def test_ending_a_session_revokes_its_tokens_and_voids_its_codes(store: Store) -> None:
+    store.create_session(SessionRecord("sid1", digest("cookie"), "U", 1, NOW + 600))
+    assert store.find_session(digest("cookie"), NOW) is not None
+    store.add_session_client("sid1", "rp", NOW + 600)
+    store.save_refresh_token(refresh_record("rt-s", family="fs", sid="sid1"))
+    code = AuthorizationCodeRecord(
+        digest("c-s"), "rp", "https://rp/cb", "openid", "U", 1, NOW + 60, sid="sid1"
+    )
+    store.save_code(code)
+    assert store.end_session("sid1") == ["rp"]
+    assert store.find_session(digest("cookie"), NOW) is None
+    assert store.get_refresh_token(digest("rt-s")).revoked  # type: ignore[union-attr]
+    assert store.consume_code(digest("c-s"), NOW) is None
+    store.save_token(TokenRecord(digest("at-s"), "rp", "U", "openid", NOW, NOW + 60, 1, sid="sid1"))
+    assert store.get_token(digest("at-s")).revoked  # type: ignore[union-attr]
+
+
+def test_jti_is_remembered_once(store: Store) -> None:
+    assert store.remember_jti(digest("j1"), NOW + 60, NOW) is True
+    assert store.remember_jti(digest("j1"), NOW + 60, NOW) is False
+
+
+def test_upstream_tokens_round_trip(store: Store) -> None:
+    assert store.get_upstream_tokens("U") is None
+    store.save_upstream_tokens("U", "cipher-1", NOW + 60, NOW)
+    store.save_upstream_tokens("U", "cipher-2", NOW + 90, NOW)
+    assert store.get_upstream_tokens("U") == ("cipher-2", NOW + 90)
