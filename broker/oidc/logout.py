@@ -8,13 +8,13 @@ ends the session, revokes its tokens and tells back-channel clients.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
+
+from broker.oidc.hints import is_id_token
 
 if TYPE_CHECKING:
     from broker.oidc.models import Client
@@ -59,18 +59,3 @@ class BrokerEndSessionEndpoint(EndSessionEndpoint):  # type: ignore[misc]
     def end_session(self, end_session_request: EndSessionRequest) -> None:
         """Nothing here: the provider ends the session (it knows the browser's cookie)
         before asking Authlib for the response."""
-
-
-#: Tokens the broker signs that are not ID tokens: RFC 9068 access tokens, logout tokens.
-NOT_ID_TOKEN_TYPES = frozenset({"at+jwt", "logout+jwt"})
-
-
-def is_id_token(token: str, claims: dict[str, Any]) -> bool:
-    """Tell an ID token from the broker's other signed JWTs by its header and claims."""
-    try:
-        header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
-    except (ValueError, IndexError):
-        return False
-    if not isinstance(header, dict) or str(header.get("typ", "JWT")).lower() in NOT_ID_TOKEN_TYPES:
-        return False
-    return not {"events", "client_id", "scope"} & set(claims)

@@ -7,6 +7,7 @@ the user is. The token and userinfo endpoints are Authlib's.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -32,6 +33,8 @@ from broker.oidc.errors import (
     json_error,
     rfc6750_challenge,
 )
+from broker.oidc.grants import ClientUser
+from broker.oidc.hints import verify_id_token_hint
 from broker.oidc.logout import BrokerEndSessionEndpoint
 from broker.oidc.models import Client, EndUser
 from broker.oidc.request_policy import check_authorization_parameters, parked_parameters
@@ -98,7 +101,7 @@ class Provider:
         state = request.payload.state
         try:
             check_authorization_parameters(request.payload.datalist)
-            session_user = self._session_user(session_secret, request.payload.data)
+            session_user = self._session_user(session_secret, request.payload.data, client)
             # OIDC Core §3.1.2.1: prompt=none without a usable session is login_required.
             grant = self.server.get_consent_grant(end_user=session_user)
         except OAuth2Error as err:
@@ -131,17 +134,24 @@ class Provider:
         )
         return LoginStart(url)
 
-    def _session_user(self, session_secret: str | None, data: Mapping[str, str]) -> EndUser | None:
-        """The session's user, unless the request demands a fresh QQ login.
+    def _session_user(
+        self, session_secret: str | None, data: Mapping[str, str], client: Client
+    ) -> EndUser | None:
+        """The session's user, unless this request needs a fresh QQ login.
 
-        ``prompt=login`` and an exceeded ``max_age`` (OIDC Core §3.1.2.1) both
-        send the user back to QQ; ``auth_time`` stays the real QQ login time.
+        ``prompt=login``/``select_account`` and an exceeded ``max_age`` (OIDC Core
+        §3.1.2.1) send the user back to QQ, as does a client whose subject needs
+        what that login did not ask for (the UnionID), and an ``id_token_hint`` or
+        a requested ``sub`` (§5.5.1) naming someone else. ``auth_time`` stays the
+        real QQ login time.
         """
+        wanted = self._wanted_subject(data)
         if not session_secret:
             return None
         now = int(time.time())
         session = self.ctx.store.find_session(digest(session_secret), now)
-        if session is None or "login" in data.get("prompt", "").split():
+        prompts = set(data.get("prompt", "").split())
+        if session is None or prompts & {"login", "select_account"}:
             return None
         max_age = data.get("max_age")
         if max_age is not None and now - session.auth_time > int(max_age):
@@ -149,9 +159,26 @@ class Provider:
         stored = self.ctx.store.get_user(session.user_id)
         if stored is None:
             return None
-        return EndUser(
+        user = EndUser(
             stored.user_id, stored.unionid, stored.profile, session.auth_time, session.sid
         )
+        principal = ClientUser(user, client)
+        if not self.ctx.can_name(principal):
+            return None
+        if wanted is not None and wanted != self.ctx.subject(principal):
+            return None
+        return user
+
+    def _wanted_subject(self, data: Mapping[str, str]) -> str | None:
+        """The ``sub`` the request insists on: from a verified id_token_hint, or from
+        ``claims={"id_token": {"sub": {"value": ...}}}``. A bad hint is invalid_request."""
+        hint = data.get("id_token_hint")
+        if hint:
+            claims = verify_id_token_hint(hint, self.ctx.keyring, self.ctx.config.issuer)
+            return str(claims.get("sub"))
+        requested = json.loads(data["claims"]) if data.get("claims") else {}
+        sub = ((requested.get("id_token") or {}).get("sub") or {}).get("value")
+        return sub if isinstance(sub, str) else None
 
     def _authorization_response(
         self, request: OAuth2Request, user: EndUser, session_secret: str | None = None

@@ -7,6 +7,7 @@ bounded here: known parameters only, each single-valued and capped.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 
 from authlib.oauth2 import OAuth2Error
@@ -57,7 +58,7 @@ def check_authorization_parameters(datalist: Mapping[str, Sequence[str]]) -> Non
         # Discovery advertises exactly these (OAuth 2.0 Multiple Response Types, Form Post).
         raise InvalidRequestError("Only response_mode=query or form_post is supported.")
     max_age = datalist.get("max_age")
-    if max_age and not max_age[0].isdigit():
+    if max_age and not re.fullmatch(r"[0-9]{1,9}", max_age[0]):
         raise InvalidRequestError("Invalid 'max_age'.")
     claims = datalist.get("claims")
     if claims and not _valid_claims_request(claims[0]):

@@ -122,3 +122,62 @@ def test_a_forged_session_cookie_is_not_a_session(broker: Broker, emulator: Emul
     url, _ = rp.authorization_url(prompt="none")
     response = browser.get(url, allow_redirects=False, timeout=5)
     assert query_of(response.headers["Location"])["error"] == "login_required"
+
+
+def test_unionid_client_after_an_openid_login_goes_to_qq_for_the_unionid(
+    broker: Broker, emulator: Emulator
+) -> None:
+    browser = requests.Session()
+    RelyingParty(broker, "rp-basic").login(emulator, user="wangxiaohong", browser=browser)
+    union = RelyingParty(broker, "rp-unionid").login(emulator, user="wangxiaohong", browser=browser)
+    assert union["claims"]["sub"] == emulator.user("wangxiaohong")["unionid"]
+    assert qq_logins(emulator) == 2
+
+
+def test_hint_for_another_user_is_not_answered_from_the_session(
+    broker: Broker, emulator: Emulator
+) -> None:
+    lisi = RelyingParty(broker, "rp-basic").login(emulator, user="lisi")
+    browser = requests.Session()
+    mine = RelyingParty(broker, "rp-basic").login(emulator, user="zhangsan", browser=browser)
+    rp = RelyingParty(broker, "rp-basic")
+    other, _ = rp.authorization_url(prompt="none", id_token_hint=lisi["token"]["id_token"])
+    response = browser.get(other, allow_redirects=False, timeout=5)
+    assert query_of(response.headers["Location"])["error"] == "login_required"
+    same, _ = rp.authorization_url(prompt="none", id_token_hint=mine["token"]["id_token"])
+    assert "code" in query_of(
+        browser.get(same, allow_redirects=False, timeout=5).headers["Location"]
+    )
+
+
+def test_forged_hint_is_invalid_request(broker: Broker, emulator: Emulator) -> None:
+    import jwt as pyjwt
+
+    browser = requests.Session()
+    mine = RelyingParty(broker, "rp-basic").login(emulator, browser=browser)
+    claims = pyjwt.decode(mine["token"]["id_token"], options={"verify_signature": False})
+    for forged in (pyjwt.encode(claims, key="", algorithm="none"), "a.b.c", "x" * 100):
+        url, _ = RelyingParty(broker, "rp-basic").authorization_url(
+            prompt="none", id_token_hint=forged
+        )
+        location = browser.get(url, allow_redirects=False, timeout=5).headers["Location"]
+        assert query_of(location)["error"] == "invalid_request"
+
+
+def test_requested_sub_value_must_match_the_session(broker: Broker, emulator: Emulator) -> None:
+    import json
+
+    browser = requests.Session()
+    RelyingParty(broker, "rp-basic").login(emulator, user="zhangsan", browser=browser)
+    lisi = emulator.user("lisi")["openid"]
+    claims = json.dumps({"id_token": {"sub": {"value": lisi}}})
+    url, _ = RelyingParty(broker, "rp-basic").authorization_url(prompt="none", claims=claims)
+    location = browser.get(url, allow_redirects=False, timeout=5).headers["Location"]
+    assert query_of(location)["error"] == "login_required"
+
+
+def test_select_account_goes_back_to_qq(broker: Broker, emulator: Emulator) -> None:
+    browser = requests.Session()
+    RelyingParty(broker, "rp-basic").login(emulator, browser=browser)
+    RelyingParty(broker, "rp-basic").login(emulator, browser=browser, prompt="select_account")
+    assert qq_logins(emulator) == 2
