@@ -152,9 +152,14 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[mis
         return _generate_with_offline_rule(super().generate_token, *args, **kwargs)
 
 
-def _generate_with_offline_rule(generate: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Refresh tokens only for ``offline_access`` (OIDC Core §11); registration is consent."""
-    scope = kwargs.get("scope") or ""
+def _generate_with_offline_rule(
+    generate: Any, *args: Any, granted: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """Refresh tokens only for ``offline_access`` (OIDC Core §11); registration is consent.
+
+    On refresh the grant's scope decides (``granted``), not a narrower request.
+    """
+    scope = granted if granted is not None else kwargs.get("scope") or ""
     if "offline_access" not in scope_to_list(scope):
         kwargs["include_refresh_token"] = False
     token: dict[str, Any] = generate(*args, **kwargs)
@@ -219,7 +224,12 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         """Nothing to do: the token was rotated in authenticate_user."""
 
     def generate_token(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return _generate_with_offline_rule(super().generate_token, *args, **kwargs)
+        # RFC 6749 §6: the new refresh token keeps the original scope, even when this
+        # request narrowed the access token's.
+        granted = self.request.refresh_token.record.scope
+        return _generate_with_offline_rule(
+            super().generate_token, *args, granted=granted, **kwargs
+        )
 
 
 class _IDTokenClaims:

@@ -197,7 +197,7 @@ class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
                 family_id=family_id,
                 client_id=principal.client.client_id,
                 user_id=principal.user.user_id,
-                scope=token.get("scope", ""),
+                scope=parent.record.scope if parent else token.get("scope", ""),
                 auth_time=principal.user.auth_time,
                 issued_at=now,
                 expires_at=min(now + lifetimes.refresh_idle, family_end),

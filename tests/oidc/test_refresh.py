@@ -130,3 +130,13 @@ def test_idle_and_absolute_lifetimes(tmp_path: Path) -> None:
         assert response.status_code == 400
     finally:
         pair.stop()
+
+
+def test_a_narrower_refresh_keeps_the_grant(broker: Broker, emulator: Emulator) -> None:
+    """RFC 6749 §6: the new refresh token has the original scope."""
+    rt = offline_login(broker, emulator)["token"]["refresh_token"]
+    narrow = refresh(broker, "rp-refresh", rt, scope="openid").json()
+    assert narrow["scope"] == "openid" and "refresh_token" in narrow
+    wide_again = refresh(broker, "rp-refresh", narrow["refresh_token"])
+    assert wide_again.status_code == 200
+    assert set(wide_again.json()["scope"].split()) == {"openid", "profile", "offline_access"}
