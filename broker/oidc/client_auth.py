@@ -56,6 +56,8 @@ METHOD: Final = "private_key_jwt"
 #: Asymmetric only: with HS256 the client's *public* key would become the shared secret,
 #: and ``none`` is no signature at all (RFC 8725 §3.1, §3.2).
 ASSERTION_ALGORITHMS: Final = ("RS256", "PS256", "ES256", "EdDSA")
+#: Endpoints that accept client assertions, as audiences (besides the issuer itself).
+ASSERTION_PATHS: Final = ("/token", "/revoke", "/introspect")
 #: RFC 7523 §3 item 4 allows "a few minutes" of clock skew.
 ASSERTION_LEEWAY: Final = 60
 #: The jti must be remembered until the assertion expires; a bound on ``exp`` keeps that
@@ -273,8 +275,10 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
 
     def get_audiences(self) -> list[str]:
         """RFC 7523 §3 item 3 / OIDC Core §9: the token endpoint URL; the issuer is accepted
-        too, as RFC 7523 allows any value identifying the authorization server."""
-        return [f"{self.issuer}/token", self.issuer]
+        too, as RFC 7523 allows any value identifying the authorization server, and so is
+        the URL of the endpoint being called (/revoke, /introspect: what client libraries
+        put there)."""
+        return [f"{self.issuer}{path}" for path in ASSERTION_PATHS] + [self.issuer]
 
     def resolve_client_public_key(self, client: Client) -> Callable[[Any], KeySet]:
         """A resolver joserfc calls with the parsed JWS, so the ``kid`` can steer the cache.

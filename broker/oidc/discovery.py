@@ -59,7 +59,10 @@ def provider_metadata(config: Config) -> dict[str, Any]:
             "claims_supported": claims,
             "revocation_endpoint_auth_methods_supported": TOKEN_AUTH_METHODS,
             "introspection_endpoint_auth_methods_supported": CONFIDENTIAL_AUTH_METHODS,
+            # RFC 8414 §2: required wherever private_key_jwt is listed.
             "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+            "revocation_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+            "introspection_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
             "code_challenge_methods_supported": ["S256"],
             "backchannel_logout_supported": True,
             "backchannel_logout_session_supported": True,

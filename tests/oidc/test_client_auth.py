@@ -661,3 +661,23 @@ def test_symmetric_and_private_keys_are_not_imported() -> None:
         import_public_key_set({"keys": [document["keys"][0]]})
     with pytest.raises(JwksError):
         import_public_key_set(["not", "a", "set"])
+
+
+@pytest.mark.parametrize("path", ["/revoke", "/introspect"])
+def test_assertion_for_the_endpoint_called_is_accepted(setup: Setup, path: str) -> None:
+    """Client libraries put the URL they call in ``aud`` (RFC 7523 §3)."""
+    key = setup.keys["rsa"]
+    token = redeem_with(setup, "pk-value", key).json()["access_token"]
+    url = f"{setup.issuer}{path}"
+    for audience, expected in ((url, 200), (f"{setup.issuer}/elsewhere", 401)):
+        assertion = sign(key, claims_for("pk-value", audience))
+        response = requests.post(
+            url,
+            timeout=30,
+            data={
+                "token": token,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": assertion,
+            },
+        )
+        assert response.status_code == expected, (audience, response.text)
