@@ -21,6 +21,7 @@ from broker.oidc.upstream import UpstreamSessions
 from broker.storage import ClientRecord, SQLStore, Store
 from broker.storage.base import digest
 from broker.web.errors import register_error_handlers
+from broker.web.ratelimit import RateLimits, install_rate_limiter
 from broker.web.routes import bp
 from broker.web.security import add_security_headers
 
@@ -35,9 +36,15 @@ class StartupError(Exception):
 
 
 def create_app(
-    config: Config, *, connector: Connector | None = None, store: Store | None = None
+    config: Config,
+    *,
+    connector: Connector | None = None,
+    store: Store | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> Flask:
-    """Build the broker. ``connector`` and ``store`` are injectable for tests of other upstreams."""
+    """Build the broker. ``connector`` and ``store`` are injectable for tests of other upstreams;
+    ``rate_limits`` replaces the default limits (tests use small ones). Whether limits apply
+    and where they are counted stays ``config.rate_limits``."""
     keyring = KeyRing.load_or_create(config.keys.dir, config.keys.algorithms)
     secret_key = config.secret_key or load_or_create_secret(config.keys.dir, "secret_key").hex()
     salt = (
@@ -80,6 +87,8 @@ def create_app(
     app.register_blueprint(bp)
     register_error_handlers(app)
     app.before_request(_assign_request_id)
+    # After the request id, so that a 429 page shows it.
+    install_rate_limiter(app, config.rate_limits, rate_limits)
     app.after_request(add_security_headers)
     app.wsgi_app = _mount_at_issuer(app.wsgi_app, config.issuer)  # type: ignore[method-assign,assignment]
     return app
@@ -91,8 +100,6 @@ def unenforced_settings(config: Config) -> list[str]:
     An operator who turns something on must not believe it works when it does not.
     """
     notes = []
-    if config.rate_limits.enabled:
-        notes.append("rate_limits: accepted, but requests are not rate-limited yet")
     if config.claims.picture == "proxy":
         notes.append("claims.picture: proxy behaves as https until the avatar proxy exists")
     base_url = config.upstream.qq.base_url.lower().rstrip("/")

@@ -84,7 +84,7 @@ PICTURE_POLICIES: Final = ("https", "proxy", "passthrough")
 #: carries one would let an attacker-controlled value shadow the real one
 #: (RFC 6749 §4.1.2, RFC 9207).
 _RESERVED_REDIRECT_PARAMS: Final = frozenset(
-    {"code", "state", "iss", "error", "error_description", "error_uri"}
+    {"code", "state", "iss", "error", "error_description", "error_uri", "response"}
 )
 #: JWK members that only a private key has; a client's ``jwks`` must be public.
 _PRIVATE_JWK_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
@@ -111,6 +111,7 @@ _SAMPLE_SECRETS: Final = frozenset({"dev", "secret", "test", "password", "develo
 
 _VAR_REFERENCE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 _DIGITS = re.compile(r"[0-9]+")
+_REDIS_DB = re.compile(r"(?:/[0-9]{0,5})?")
 _SIGNED_INT = re.compile(r"[+-]?[0-9]+")
 _URL_WITH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _RELATIVE_SQLITE = re.compile(r"(?P<prefix>sqlite(?:\+[A-Za-z0-9_]+)?:///)(?P<rest>[^/].*)")
@@ -1037,11 +1038,29 @@ def _base_url(qq: _Section, production: bool, allow_staging: bool) -> str:
 
 def _rate_limits(section: _Section) -> RateLimitConfig:
     storage = section.str_or("storage", "memory")
-    if storage != "memory" and not _URL_WITH_SCHEME.match(storage):
+    if storage != "memory" and not _is_redis_url(storage):
+        # Not echoed: a Redis URL may carry a password.
         raise section.error(
-            "storage", "must be 'memory' or a storage URL such as redis://127.0.0.1:6379/0"
+            "storage",
+            "must be 'memory' or a Redis URL redis://host:port/db (rediss:// for TLS), "
+            "such as redis://127.0.0.1:6379/0",
         )
     return RateLimitConfig(enabled=section.boolean("enabled", True), storage=storage)
+
+
+def _is_redis_url(value: str) -> bool:
+    """``redis://`` or ``rediss://``, a host, an optional port and an optional db number."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("redis", "rediss")
+        and bool(parts.hostname)
+        and _REDIS_DB.fullmatch(parts.path) is not None
+        and not parts.fragment
+    )
 
 
 def _lifetimes(section: _Section) -> LifetimesConfig:

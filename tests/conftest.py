@@ -226,7 +226,10 @@ def start_pair(
 
     port, key = free_port(), secrets.token_hex(16)
     settings = EmulatorSettings(
-        app_id=APP_ID, app_key=key, callbacks=[f"http://127.0.0.1:{port}{issuer_path}/qq/callback"]
+        app_id=APP_ID,
+        app_key=key,
+        callbacks=[f"http://127.0.0.1:{port}{issuer_path}/qq/callback"],
+        unionid_enabled=True,
     )
     emulator = Emulator(serve(create_emulator_app(settings)))
     config = broker_config(

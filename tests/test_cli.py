@@ -247,7 +247,7 @@ def test_console_script_is_installed() -> None:
 
 
 def test_check_warns_about_settings_that_are_not_enforced_yet(tmp_path: Path) -> None:
-    text = GOOD.format(port=8000) + "rate_limits: {enabled: true}\n"
+    text = GOOD.format(port=8000) + "claims: {picture: proxy}\n"
     result = run("check", "--config", str(write_config(tmp_path, text)))
     assert result.returncode == 0
-    assert "warning: rate_limits" in result.stderr
+    assert "warning: claims.picture" in result.stderr

@@ -90,3 +90,15 @@ def rfc6750_challenge(response: Response) -> Response:
         fixed.headers["WWW-Authenticate"] = 'Bearer error="invalid_request"'
         return fixed
     return response
+
+
+def uniform_invalid_client(response: Response) -> Response:
+    """RFC 6749 §5.2 ``invalid_client``: always 401, one description, a Basic challenge."""
+    if response.status_code not in (400, 401) or not response.is_json:
+        return response
+    body = response.get_json(silent=True) or {}
+    if body.get("error") != "invalid_client":
+        return response
+    uniform = json_error("invalid_client", "Client authentication failed.", 401)
+    uniform.headers["WWW-Authenticate"] = 'Basic realm="token", charset="UTF-8"'
+    return uniform

@@ -227,9 +227,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         # RFC 6749 §6: the new refresh token keeps the original scope, even when this
         # request narrowed the access token's.
         granted = self.request.refresh_token.record.scope
-        return _generate_with_offline_rule(
-            super().generate_token, *args, granted=granted, **kwargs
-        )
+        return _generate_with_offline_rule(super().generate_token, *args, granted=granted, **kwargs)
 
 
 class _IDTokenClaims:

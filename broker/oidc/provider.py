@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,6 +21,7 @@ from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oidc.rpinitiated import EndSessionRequest
 from flask import Response
+from flask import request as http_request
 
 from broker.connectors.base import Connector, Identity, UpstreamError
 from broker.oidc.backchannel import BackchannelLogout
@@ -32,6 +33,7 @@ from broker.oidc.errors import (
     error_redirect_uri,
     json_error,
     rfc6750_challenge,
+    uniform_invalid_client,
 )
 from broker.oidc.grants import ClientUser
 from broker.oidc.hints import verify_id_token_hint
@@ -333,11 +335,7 @@ class Provider:
     # -- /token, /userinfo ---------------------------------------------------------
 
     def token_response(self) -> Response:
-        try:
-            response: Response = self.server.create_token_response()
-        except ValueError:
-            response = json_error("invalid_request", "Malformed request.", 400)
-        return response
+        return self._client_authenticated(self.server.create_token_response)
 
     def userinfo_response(self) -> Response:
         try:
@@ -403,11 +401,22 @@ class Provider:
 
     def endpoint_response(self, name: str) -> Response:
         """Revocation, introspection: Authlib endpoints registered on the server."""
+        return self._client_authenticated(lambda: self.server.create_endpoint_response(name))
+
+    def _client_authenticated(self, respond: Callable[[], Response]) -> Response:
+        """Run an endpoint that authenticates the client, with the checks Authlib lacks.
+
+        RFC 6749 §2.3: one authentication method per request (Authlib takes Basic
+        and body credentials together). §5.2: every failed client authentication
+        gets the same answer, so an unknown client_id is not told from a bad secret.
+        """
+        if _several_client_credentials():
+            return json_error("invalid_request", "Use one client authentication method.", 400)
         try:
-            response: Response = self.server.create_endpoint_response(name)
+            response = respond()
         except ValueError:
-            response = json_error("invalid_request", "Malformed request.", 400)
-        return response
+            return json_error("invalid_request", "Malformed request.", 400)
+        return uniform_invalid_client(response)
 
     def readiness(self) -> tuple[bool, str]:
         try:
@@ -441,3 +450,10 @@ def _wants_mobile_page(request: OAuth2Request) -> bool:
     if request.payload.data.get("display") in {"touch", "wap"}:
         return True
     return bool(MOBILE_AGENT.search(request.headers.get("User-Agent", "")))
+
+
+def _several_client_credentials() -> bool:
+    """An Authorization header plus a secret or an assertion in the body."""
+    form = http_request.form
+    in_body = "client_secret" in form or "client_assertion" in form
+    return in_body and "Authorization" in http_request.headers

@@ -65,6 +65,10 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "too_large": {"en": "The request is too large.", "zh-CN": "请求过大。"},
     "bad_request": {"en": "The request is malformed.", "zh-CN": "请求格式错误。"},
+    "rate_limited": {
+        "en": "Too many requests from your network. Please wait a moment and try again.",
+        "zh-CN": "来自您网络的请求过于频繁，请稍候片刻再试。",
+    },
     "unavailable": {
         "en": "The login service is temporarily unavailable. Please try again shortly.",
         "zh-CN": "登录服务暂时不可用，请稍后再试。",

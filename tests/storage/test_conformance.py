@@ -34,6 +34,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     backend.close()
 
 
+# One fixed "now" for every record and call: the file may run minutes after import.
 NOW = int(time.time())
 
 
@@ -98,7 +99,7 @@ def test_racing_redemptions_have_exactly_one_winner(store: Store) -> None:
 
     def redeem() -> None:
         barrier.wait()
-        wins.append(store.consume_code(digest("race"), int(time.time())) is not None)
+        wins.append(store.consume_code(digest("race"), NOW) is not None)
 
     threads = [threading.Thread(target=redeem) for _ in range(10)]
     for thread in threads:
@@ -124,7 +125,7 @@ def test_users_upsert_keeps_latest_profile(store: Store) -> None:
 
 
 def test_purge_removes_only_expired_rows(store: Store) -> None:
-    now = int(time.time())
+    now = NOW
     store.save_code(code_record("old", expires_in=-10))
     store.save_code(code_record("new"))
     store.save_token(TokenRecord(digest("old"), "rp", "U", "openid", 0, now - 1, 0))
