@@ -175,7 +175,7 @@ class ServerConfig:
 class StorageConfig:
     """``url`` is a SQLAlchemy URL; a relative SQLite path is already made absolute."""
 
-    url: str = "sqlite:///broker.sqlite3"
+    url: str = field(default="sqlite:///broker.sqlite3", repr=False)  # may carry a password
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ class UpstreamConfig:
 @dataclass(frozen=True)
 class RateLimitConfig:
     enabled: bool = True
-    storage: str = "memory"
+    storage: str = field(default="memory", repr=False)  # a redis:// URL may carry a password
 
 
 @dataclass(frozen=True)
