@@ -12,7 +12,14 @@ import hmac
 from flask import Blueprint, Response
 
 from broker.emulator.common import begin, merged_params
-from broker.emulator.faults import replacing_response, with_trailing_whitespace
+from broker.emulator.faults import (
+    forced_openid,
+    profile_overrides,
+    replacing_response,
+    shape_me_fields,
+    shape_token_fields,
+    with_trailing_whitespace,
+)
 from broker.emulator.settings import EmulatorSettings
 from broker.emulator.state import EmulatorState, Grant
 from broker.emulator.wire import (
@@ -21,10 +28,13 @@ from broker.emulator.wire import (
     QQError,
     TokenAnswer,
     api_error_body,
-    me_body,
+    compact_json_fields,
+    form_fields,
+    me_fields,
     oauth_error_body,
     qq_response,
-    token_success_body,
+    render_me,
+    token_success_fields,
     user_info_body,
 )
 
@@ -95,9 +105,13 @@ def token() -> Response:
             state.settings.expires_in,
             state.openid(grant.user) if wants_openid else None,
         )
-        body = token_success_body(
+        fields = token_success_fields(
             answer, json_mode=json_mode, expires_in_int=fault == "expires_in_int"
         )
+        fields, form_only = shape_token_fields(
+            fields, fault, need_openid=params.get("need_openid") == "1"
+        )
+        body = compact_json_fields(fields) if json_mode and not form_only else form_fields(fields)
     return qq_response(with_trailing_whitespace(body, fault))
 
 
@@ -139,7 +153,12 @@ def _me_answer(
         unionid = state.unionid(user)
     app_id = state.settings.app_id
     client_id = other_client_id(app_id) if fault == "other_client_id" else app_id
-    return me_body(client_id, state.openid(user), unionid, json_mode=json_mode)
+    fields = shape_me_fields(
+        me_fields(client_id, state.openid(user), unionid),
+        fault,
+        unionid_asked=unionid is not None,
+    )
+    return render_me(fields, json_mode=json_mode)
 
 
 @bp.get("/user/get_user_info")
@@ -170,7 +189,10 @@ def _user_info_answer(state: EmulatorState, params: dict[str, str]) -> str:
         user = state.token_user(access_token)
     except QQError:
         raise QQError(100016) from None  # any bad token reads "access token check failed"
-    expected_openid = state.openid(user)
-    if consumer_key != state.settings.app_id or openid != expected_openid:
+    control = state.control
+    # An openid:<value> fault stands for an openid QQ issued, so it is accepted here too.
+    accepted = {state.openid(user), forced_openid(control)}
+    if consumer_key != state.settings.app_id or openid not in accepted:
         raise QQError(-1, INVALID_OPENID_MSG)
-    return user_info_body(state.settings.app_id, expected_openid, user)
+    overrides = profile_overrides(control.fault("get_user_info"))
+    return user_info_body(state.settings.app_id, openid, user, overrides)

@@ -30,11 +30,29 @@ COMMON_FAULTS = frozenset(
     }
 )
 ENDPOINT_FAULTS: Mapping[str, frozenset[str]] = {
-    "token": COMMON_FAULTS | {"omit_openid", "expires_in_int", "ignore_fmt"},
-    "me": COMMON_FAULTS | {"ignore_fmt", "other_client_id"},
-    "get_user_info": COMMON_FAULTS,
+    "token": COMMON_FAULTS
+    | {"omit_openid", "expires_in_int", "ignore_fmt", "no_access_token", "openid_null"},
+    "me": COMMON_FAULTS
+    | {
+        "ignore_fmt",
+        "other_client_id",
+        "openid_null",
+        "openid_missing",
+        "duplicate_openid",
+        "paren_in_value",
+    },
+    "get_user_info": COMMON_FAULTS | {"fixed_profile"},
 }
 ERROR_FAULT_PREFIX = "error:"
+# Faults that carry a value: ``openid:<value>`` and friends (security checklist UP-06,
+# UP-08, UP-09, UP-12, UP-16). The value is everything after the first colon, may be empty,
+# and is sent as is, so tests can play a hostile or buggy upstream.
+VALUE_FAULT_PREFIXES: Mapping[str, tuple[str, ...]] = {
+    "token": ("openid:",),
+    "me": ("openid:", "unionid:"),
+    "get_user_info": ("nickname:", "figureurl:"),
+}
+MAX_FAULT_VALUE_CHARS = 65_536
 
 
 class ControlError(ValueError):
@@ -135,15 +153,29 @@ def _faults(value: Any) -> dict[str, str]:
             continue
         if not isinstance(fault, str) or not _fault_allowed(endpoint, fault):
             allowed = ", ".join(sorted(ENDPOINT_FAULTS[endpoint]))
+            valued = "".join(f", {prefix}<value>" for prefix in VALUE_FAULT_PREFIXES[endpoint])
+            shown = fault[:80] + "..." if isinstance(fault, str) and len(fault) > 80 else fault
             raise ControlError(
-                f"faults.{endpoint}: {fault!r} is not one of {allowed}, error:<int code>"
+                f"faults.{endpoint}: {shown!r} is not one of {allowed}, error:<int code>{valued}"
             )
         faults[endpoint] = fault
     return faults
 
 
 def _fault_allowed(endpoint: str, fault: str) -> bool:
-    return fault in ENDPOINT_FAULTS[endpoint] or error_fault_code(fault) is not None
+    if fault in ENDPOINT_FAULTS[endpoint] or error_fault_code(fault) is not None:
+        return True
+    prefixes = VALUE_FAULT_PREFIXES.get(endpoint, ())
+    return (
+        any(fault.startswith(prefix) for prefix in prefixes) and len(fault) <= MAX_FAULT_VALUE_CHARS
+    )
+
+
+def fault_value(fault: str | None, prefix: str) -> str | None:
+    """The value of a ``<prefix><value>`` fault (``openid:``, ``nickname:``...), else None."""
+    if fault is None or not fault.startswith(prefix):
+        return None
+    return fault[len(prefix) :]
 
 
 def error_fault_code(fault: str | None) -> int | None:

@@ -4,14 +4,32 @@ Faults come in two kinds. *Replacing* faults answer instead of the endpoint with
 touching state (a code survives an ``http_500`` so the test can retry). *Shaping* faults
 (``omit_openid``, ``expires_in_int``, ``ignore_fmt``, ``other_client_id``,
 ``trailing_whitespace``) are applied by the endpoint to its real answer.
+
+The hostile-upstream shaping faults below serve the security checklist (UP-06 fail closed,
+UP-08 identifier checks, UP-09 unionid conflicts, UP-12 avatar SSRF, UP-16 untrusted
+profile data). They model a buggy or compromised QQ, so they break QQ's own invariants on
+purpose:
+
+* token: ``no_access_token`` (a form body without access_token, whatever fmt says),
+  ``openid_null`` (``"openid":null``), ``openid:<value>`` (that openid, with need_openid=1).
+* me: ``openid_null``, ``openid_missing``, ``openid:<value>``, ``unionid:<value>`` (only
+  when the unionid was asked for), ``duplicate_openid`` (the key twice, the second value
+  another user's), ``paren_in_value`` (a string member holding ``)``/``;``/``callback(``,
+  which trips JSONP parsers that cut at the first parenthesis).
+* get_user_info: ``nickname:<text>``, ``figureurl:<url>`` (every figureurl* key), and
+  ``fixed_profile`` (the same nickname and avatar for every user).
+
+An ``openid:<value>`` fault on token or me also makes get_user_info accept that openid, as
+QQ would for an openid it had issued.
 """
 
 from __future__ import annotations
 
 from flask import Response, render_template
 
-from broker.emulator.control import error_fault_code
+from broker.emulator.control import Control, error_fault_code, fault_value
 from broker.emulator.wire import (
+    Fields,
     QQError,
     api_error_body,
     compact_json,
@@ -85,3 +103,85 @@ def _oversized_body() -> bytes:
 def with_trailing_whitespace(body: str, fault: str | None) -> str:
     """Append whitespace when the ``trailing_whitespace`` fault is on (§3.2: clients strip)."""
     return body + TRAILING_WHITESPACE if fault == "trailing_whitespace" else body
+
+
+# --------------------------------------------------------------------------- hostile upstream
+
+#: ``fixed_profile``: what every user looks like (UP-08/UP-10: same nickname and avatar).
+FIXED_NICKNAME = "同名用户"
+FIXED_FIGUREURL = "http://thirdqq.qlogo.cn/g?b=oidb&k=SameAvatarForAll&kti=AAAAAAA&s=100&t=1"
+#: ``paren_in_value``: an extra member that a naive JSONP parser cuts or re-reads.
+PAREN_NOTE = '); callback( {"client_id":"0","openid":"None"} ); ('
+#: ``duplicate_openid``: the second, conflicting value.
+DUPLICATE_OPENID = "0123456789ABCDEF0123456789ABCDEF"
+FIGUREURL_KEYS = (
+    "figureurl",
+    "figureurl_1",
+    "figureurl_2",
+    "figureurl_qq_1",
+    "figureurl_qq_2",
+    "figureurl_qq",
+)
+
+
+def forced_openid(control: Control) -> str | None:
+    """The openid an ``openid:<value>`` fault on token or me hands out, if any."""
+    for endpoint in ("token", "me"):
+        value = fault_value(control.fault(endpoint), "openid:")
+        if value is not None:
+            return value
+    return None
+
+
+def _replace(fields: Fields, key: str, value: object) -> Fields:
+    """``fields`` with ``key`` set to ``value`` (appended when absent)."""
+    if any(name == key for name, _ in fields):
+        return [(name, value if name == key else old) for name, old in fields]
+    return [*fields, (key, value)]
+
+
+def shape_token_fields(
+    fields: Fields, fault: str | None, *, need_openid: bool
+) -> tuple[Fields, bool]:
+    """Apply a hostile token fault; returns the fields and whether to force a form body."""
+    if fault == "no_access_token":
+        return [(key, value) for key, value in fields if key != "access_token"], True
+    if fault == "openid_null" and need_openid:
+        return _replace(fields, "openid", None), False
+    forced = fault_value(fault, "openid:")
+    if forced is not None and need_openid:
+        return _replace(fields, "openid", forced), False
+    return fields, False
+
+
+def shape_me_fields(fields: Fields, fault: str | None, *, unionid_asked: bool) -> Fields:
+    """Apply a hostile /me fault to the answer's members."""
+    if fault == "openid_null":
+        return _replace(fields, "openid", None)
+    if fault == "openid_missing":
+        return [(key, value) for key, value in fields if key != "openid"]
+    if fault == "duplicate_openid":
+        index = next(i for i, (key, _) in enumerate(fields) if key == "openid")
+        return [*fields[: index + 1], ("openid", DUPLICATE_OPENID), *fields[index + 1 :]]
+    if fault == "paren_in_value":
+        return [*fields, ("msg", PAREN_NOTE)]
+    forced = fault_value(fault, "openid:")
+    if forced is not None:
+        return _replace(fields, "openid", forced)
+    unionid = fault_value(fault, "unionid:")
+    if unionid is not None and unionid_asked:
+        return _replace(fields, "unionid", unionid)
+    return fields
+
+
+def profile_overrides(fault: str | None) -> dict[str, object]:
+    """get_user_info values replaced by ``nickname:``, ``figureurl:`` or ``fixed_profile``."""
+    if fault == "fixed_profile":
+        return {"nickname": FIXED_NICKNAME, **dict.fromkeys(FIGUREURL_KEYS, FIXED_FIGUREURL)}
+    nickname = fault_value(fault, "nickname:")
+    if nickname is not None:
+        return {"nickname": nickname}
+    figureurl = fault_value(fault, "figureurl:")
+    if figureurl is not None:
+        return dict.fromkeys(FIGUREURL_KEYS, figureurl)
+    return {}

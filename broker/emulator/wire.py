@@ -117,37 +117,68 @@ class TokenAnswer:
     openid: str | None
 
 
+#: An ordered list of members; unlike a dict it can hold a key twice (fault injection).
+Fields = list[tuple[str, object]]
+
+
+def compact_json_fields(fields: Fields) -> str:
+    """Like :func:`compact_json`, but from ordered pairs, so duplicate keys survive."""
+    members = (
+        f"{json.dumps(key, ensure_ascii=False)}:"
+        f"{json.dumps(value, separators=(',', ':'), ensure_ascii=False)}"
+        for key, value in fields
+    )
+    return "{" + ",".join(members) + "}"
+
+
+def form_fields(fields: Fields) -> str:
+    """``key=value&...``, each value percent-encoded once; None is written as ``null``."""
+    return "&".join(
+        f"{key}={quote('null' if value is None else str(value), safe='')}" for key, value in fields
+    )
+
+
+def token_success_fields(answer: TokenAnswer, *, json_mode: bool, expires_in_int: bool) -> Fields:
+    """The members of a token success answer, in QQ's order (§3.1)."""
+    expires: object = str(answer.expires_in)
+    if json_mode and expires_in_int:
+        expires = answer.expires_in
+    fields: Fields = [
+        ("access_token", answer.access_token),
+        ("expires_in", expires),
+        ("refresh_token", answer.refresh_token),
+    ]
+    if answer.openid is not None:
+        fields.append(("openid", answer.openid))
+    return fields
+
+
 def token_success_body(answer: TokenAnswer, *, json_mode: bool, expires_in_int: bool) -> str:
     """Form-encoded by default, JSON with fmt=json where expires_in is a STRING (§3.1, §10.3).
 
     ``expires_in_int`` is a fault switch producing the integer some clients expect.
     """
-    if json_mode:
-        expires: object = answer.expires_in if expires_in_int else str(answer.expires_in)
-        obj: dict[str, object] = {
-            "access_token": answer.access_token,
-            "expires_in": expires,
-            "refresh_token": answer.refresh_token,
-        }
-        if answer.openid is not None:
-            obj["openid"] = answer.openid
-        return compact_json(obj)
-    pairs = [
-        ("access_token", answer.access_token),
-        ("expires_in", str(answer.expires_in)),
-        ("refresh_token", answer.refresh_token),
-    ]
-    if answer.openid is not None:
-        pairs.append(("openid", answer.openid))
-    return "&".join(f"{key}={quote(value, safe='')}" for key, value in pairs)
+    fields = token_success_fields(answer, json_mode=json_mode, expires_in_int=expires_in_int)
+    return compact_json_fields(fields) if json_mode else form_fields(fields)
+
+
+def me_fields(client_id: str, openid: str, unionid: str | None) -> Fields:
+    """The members of a ``/oauth2.0/me`` answer: client_id, openid[, unionid] (§2.4)."""
+    fields: Fields = [("client_id", client_id), ("openid", openid)]
+    if unionid is not None:
+        fields.append(("unionid", unionid))
+    return fields
+
+
+def render_me(fields: Fields, *, json_mode: bool) -> str:
+    """JSON with fmt=json, else JSONP ``callback( {...} );\n`` (§3.1, §3.2)."""
+    inner = compact_json_fields(fields)
+    return inner if json_mode else f"callback( {inner} );\n"
 
 
 def me_body(client_id: str, openid: str, unionid: str | None, *, json_mode: bool) -> str:
     """``/oauth2.0/me``: keys client_id, openid[, unionid]; JSONP unless fmt=json (§3.1)."""
-    obj = {"client_id": client_id, "openid": openid}
-    if unionid is not None:
-        obj["unionid"] = unionid
-    return compact_json(obj) if json_mode else jsonp(obj)
+    return render_me(me_fields(client_id, openid, unionid), json_mode=json_mode)
 
 
 def qzapp_avatar(app_id: str, openid: str, size: int) -> str:
@@ -197,14 +228,21 @@ def _user_info_fields(app_id: str, openid: str, user: EmulatorUser) -> list[tupl
 _SLASH_ESCAPED = frozenset({"figureurl", "figureurl_1", "figureurl_2"})
 
 
-def user_info_body(app_id: str, openid: str, user: EmulatorUser) -> str:
+def user_info_body(
+    app_id: str,
+    openid: str,
+    user: EmulatorUser,
+    overrides: Mapping[str, object] | None = None,
+) -> str:
     """get_user_info success, copying the observed layout byte for byte (§4 quirks).
 
     Multi-line, tab-indented, ``"key": value`` except ``"is_lost":0``, and ``\\/`` only in
     the three qzapp URLs. Any JSON parser reads it; the quirks catch hand-rolled parsers.
+    ``overrides`` replaces the values of existing keys (profile fault injection).
     """
     lines = []
-    for key, value in _user_info_fields(app_id, openid, user):
+    for key, original in _user_info_fields(app_id, openid, user):
+        value = overrides[key] if overrides and key in overrides else original
         encoded = json.dumps(value, ensure_ascii=False)
         if key in _SLASH_ESCAPED:
             encoded = encoded.replace("/", "\\/")
