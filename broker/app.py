@@ -8,12 +8,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 
 from broker.config import PRODUCTION_QQ_BASE_URL, Config
 from broker.connectors.base import Connector
 from broker.connectors.qq import QQConnector
 from broker.keys import KeyRing, load_or_create_secret
+from broker.logs import install_redaction
 from broker.oidc.models import Client
 from broker.oidc.provider import Provider
 from broker.oidc.server import ProviderContext
@@ -72,9 +73,11 @@ def create_app(
 
     for note in unenforced_settings(config):
         log.warning("%s", note)
+    install_redaction()
 
     app = Flask("broker", static_folder=None)
     app.config.update(
+        DEBUG=False,  # never the Werkzeug debugger, whatever FLASK_DEBUG says (SC-03)
         SECRET_KEY=secret_key,
         MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
         SESSION_COOKIE_HTTPONLY=True,
@@ -86,6 +89,7 @@ def create_app(
     app.extensions["qq_oidc_broker"] = Provider(ctx, connector)
     app.register_blueprint(bp)
     register_error_handlers(app)
+    app.before_request(_refuse_oversized_headers)
     app.before_request(_assign_request_id)
     # After the request id, so that a 429 page shows it.
     install_rate_limiter(app, config.rate_limits, rate_limits)
@@ -118,31 +122,63 @@ def _client_record(client: Any) -> ClientRecord:
     return ClientRecord(client.client_id, digest(secret) if secret else None, metadata, "config")
 
 
+#: DO-01: header bytes a request may carry (browsers send a few kB; the server allows more).
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def _refuse_oversized_headers() -> Response | None:
+    size = sum(len(name) + len(value) + 4 for name, value in request.headers.items())
+    if size <= MAX_HEADER_BYTES:
+        return None
+    return Response("Request header fields too large", status=431, mimetype="text/plain")
+
+
 def _assign_request_id() -> None:
     supplied = request.headers.get("X-Request-ID", "")
     ok = 0 < len(supplied) <= 64 and supplied.replace("-", "").isalnum()
     g.request_id = supplied if ok else secrets.token_hex(8)
 
 
+HEALTH_PATHS = ("/healthz", "/readyz")
+
+
+def _accepted_hosts(netloc: str) -> frozenset[str]:
+    """The issuer's host[:port]; for a loopback issuer, its loopback aliases too."""
+    netloc = netloc.lower()
+    parts = urlsplit(f"//{netloc}")
+    if parts.hostname not in {"127.0.0.1", "localhost", "::1"}:
+        return frozenset({netloc})
+    port = f":{parts.port}" if parts.port else ""
+    return frozenset(f"{alias}{port}" for alias in ("127.0.0.1", "localhost", "[::1]"))
+
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def _mount_at_issuer(wsgi_app: WSGIApp, issuer: str) -> WSGIApp:
-    """Serve the app at the issuer's scheme and path, whatever the proxy in front says.
+    """Serve the app at the issuer's host, scheme and path, whatever the proxy says.
 
     URLs are always built from the configured issuer, never from Host or
-    X-Forwarded-*. The scheme only keeps Authlib's transport check (which reads
-    the request URL) from refusing requests a TLS proxy forwards over http; the
-    path lets an issuer such as ``https://example.com/oidc`` serve its
-    endpoints under ``/oidc`` (OIDC Discovery §4: ``{issuer}/.well-known/...``).
+    X-Forwarded-*. A request for another host is refused (checklist UP-13),
+    except health checks, which load balancers send to an instance's address;
+    the scheme keeps Authlib's transport check (which reads the request URL)
+    from refusing requests a TLS proxy forwards over http; the path lets an
+    issuer such as ``https://example.com/oidc`` serve its endpoints under
+    ``/oidc`` (OIDC Discovery §4: ``{issuer}/.well-known/...``).
     """
     parts = urlsplit(issuer)
     prefix = parts.path.rstrip("/")
+    hosts = _accepted_hosts(parts.netloc)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        host = environ.get("HTTP_HOST", "").lower()
+        if host not in hosts and not path.endswith(HEALTH_PATHS):
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"Unexpected Host"]
         environ["wsgi.url_scheme"] = parts.scheme
+        environ["HTTP_HOST"] = parts.netloc
         if prefix:
-            path = environ.get("PATH_INFO", "")
             if path != prefix and not path.startswith(prefix + "/"):
                 start_response("404 Not Found", [("Content-Type", "text/plain")])
                 return [b"Not Found"]

@@ -168,7 +168,7 @@ class ConfigError(Exception):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    threads: int = 8
+    threads: int = 32  # QQ calls are I/O-bound: slow upstream logins must not starve /token
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ class ServedApp:
         self.server.close()
 
 
-def serve(app: Any, port: int = 0, threads: int = 8) -> ServedApp:
+def serve(app: Any, port: int = 0, threads: int = 32) -> ServedApp:
     """Start ``app`` on 127.0.0.1:``port`` (0 picks a free port) in a thread."""
     server = create_server(app, host="127.0.0.1", port=port, threads=threads)
     bound = server.effective_port  # type: ignore[union-attr]

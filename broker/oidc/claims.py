@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,8 @@ from broker.oidc.models import EndUser
 
 MAX_NICKNAME_CHARS = 128
 MAX_PICTURE_CHARS = 1024
+#: RFC 3986 characters only (unreserved, reserved and percent escapes).
+URL_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
 #: QQ's avatar host that also serves https (qq-connect.md §4).
 HTTPS_CAPABLE_AVATAR_HOSTS = frozenset({"thirdqq.qlogo.cn"})
 
@@ -73,6 +76,8 @@ def picture_claim(url: Any, policy: str) -> str | None:
     """
     if not isinstance(url, str) or len(url) > MAX_PICTURE_CHARS:
         return None
+    if not URL_CHARACTERS.fullmatch(url):
+        return None  # quotes, spaces, markup: not a URL QQ would send (UP-16)
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         return None

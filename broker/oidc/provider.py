@@ -53,6 +53,10 @@ log = logging.getLogger("broker.oidc")
 
 #: Authlib builds some descriptions from request input; these errors get constant text.
 FIXED_DESCRIPTIONS = {"unsupported_response_type": "Only response_type=code is supported."}
+#: RFC 6749 leaves state opaque; beyond this it is refused with a page, not echoed.
+MAX_STATE_CHARS = 512
+#: Pending QQ logins one browser may have at once (DO-02); older ones are dropped.
+MAX_PENDING_LOGINS = 20
 #: How often expired logins, codes and tokens are purged (by whichever request comes by).
 PURGE_INTERVAL = 60
 
@@ -120,6 +124,7 @@ class Provider:
         now = int(time.time())
         self._housekeeping(now)
         upstream_state = _new_state()
+        self.ctx.store.cap_pending_logins(digest(browser_secret), MAX_PENDING_LOGINS - 1)
         self.ctx.store.create_login(
             LoginTransaction(
                 state_digest=digest(upstream_state),
@@ -212,6 +217,9 @@ class Provider:
         client_id = request.payload.client_id
         if not client_id:
             raise BadAuthorizationRequest("missing_client", "The request has no client_id.")
+        if len(request.payload.state or "") > MAX_STATE_CHARS:
+            # Echoing a huge state into a redirect would itself be the attack (DO-02).
+            raise BadAuthorizationRequest("bad_request", "The state parameter is too long.")
         client = self.server.query_client(client_id)
         if client is None:
             raise BadAuthorizationRequest("unknown_client", "The client_id is not registered.")
@@ -310,6 +318,11 @@ class Provider:
         if known and known.unionid and identity.unionid and known.unionid != identity.unionid:
             log.error("QQ returned a different UnionID for a known OpenID; login refused")
             return None
+        if identity.unionid:
+            holder = self.ctx.store.find_user_by_unionid(identity.unionid)
+            if holder is not None and holder.user_id != identity.openid:
+                log.error("QQ returned a UnionID that belongs to another OpenID; login refused")
+                return None
         profile = stored_profile(identity.nickname, identity.picture, identity.profile)
         self.ctx.store.upsert_user(UserRecord(identity.openid, unionid, profile, now))
         self.ctx.upstream.remember(identity)

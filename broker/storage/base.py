@@ -147,6 +147,9 @@ class Store(Protocol):
     def login_status(self, state_digest: str) -> str:
         """Why a login could not be consumed: ``unknown``, ``used`` or ``pending``."""
 
+    def cap_pending_logins(self, browser_digest: str, keep: int) -> None:
+        """Drop this browser's oldest pending logins beyond ``keep``."""
+
     def save_code(self, code: AuthorizationCodeRecord) -> None: ...
 
     def consume_code(self, code_digest: str, now: int) -> AuthorizationCodeRecord | None:
@@ -160,6 +163,8 @@ class Store(Protocol):
         """Insert or update; a ``None`` UnionID keeps the stored one."""
 
     def get_user(self, user_id: str) -> UserRecord | None: ...
+
+    def find_user_by_unionid(self, unionid: str) -> UserRecord | None: ...
 
     # -- refresh tokens (rotation with reuse detection) --
 

@@ -158,6 +158,19 @@ class SQLStore:
             return "unknown"
         return "used" if used else "pending"
 
+    @_guarded
+    def cap_pending_logins(self, browser_digest: str, keep: int) -> None:
+        table = schema.login_transactions
+        pending = (table.c.browser_digest == browser_digest, table.c.used.is_(False))
+        with self._engine.begin() as conn:
+            newest = (
+                sa.select(table.c.state_digest)
+                .where(*pending)
+                .order_by(table.c.created_at.desc(), table.c.state_digest)
+                .limit(keep)
+            )
+            conn.execute(sa.delete(table).where(*pending, table.c.state_digest.not_in(newest)))
+
     # -- authorization codes -------------------------------------------------
 
     @_guarded
@@ -360,6 +373,10 @@ class SQLStore:
     @_guarded
     def get_user(self, user_id: str) -> UserRecord | None:
         return self._one(UserRecord, schema.users, schema.users.c.user_id == user_id)
+
+    @_guarded
+    def find_user_by_unionid(self, unionid: str) -> UserRecord | None:
+        return self._one(UserRecord, schema.users, schema.users.c.unionid == unionid)
 
     # -- upstream tokens, replay cache ------------------------------------------------------
 

@@ -180,6 +180,7 @@ def _to_client(outcome: RedirectToClient) -> Response:
 
 
 def _redirect(location: str) -> Response:
-    response = Response(status=302)
+    # RFC 9700 §4.12: after a POST, 303 so the browser does not re-send the form.
+    response = Response(status=303 if request.method == "POST" else 302)
     response.headers["Location"] = location
     return response

@@ -237,7 +237,9 @@ def test_forwarded_headers_do_not_give_a_fresh_counter(
     # one-time hint that every client behind the proxy shares one counter.
     client = served.app.test_client()
     for n in range(3):
-        client.get("/authorize", headers={"X-Forwarded-For": f"198.51.100.{n}"})
+        client.get(
+            "/authorize", base_url=broker.issuer, headers={"X-Forwarded-For": f"198.51.100.{n}"}
+        )
     assert len(warnings_about(caplog, "X-Forwarded-For")) == 1
 
 
@@ -249,7 +251,10 @@ def test_ipv6_clients_are_counted_per_64(start: BrokerFactory) -> None:
 
     def status(address: str) -> int:
         response = client.get(
-            "/authorize", query_string=params, environ_base={"REMOTE_ADDR": address}
+            "/authorize",
+            base_url=served.broker.issuer,
+            query_string=params,
+            environ_base={"REMOTE_ADDR": address},
         )
         return response.status_code
 
