@@ -131,7 +131,7 @@ def test_design_example_loads_with_its_environment(tmp_path: Path) -> None:
     assert config.issuer == "http://127.0.0.1:8000"
     assert config.is_development
     assert config.server.host == "127.0.0.1" and config.server.port == 8000
-    assert config.server.threads == 8
+    assert config.server.threads == 32
     assert config.secret_key is None  # ${BROKER_SECRET_KEY:-} unset → not configured
     assert config.pairwise_salt is None
     assert config.storage.url == f"sqlite:///{tmp_path}/broker.sqlite3"
@@ -644,7 +644,7 @@ def test_interpolation_set_default_and_empty(tmp_path: Path) -> None:
     config = load(tmp_path, text, {**ENV, "DOMAIN": "example.org", "RL": "false", "PORT": ""})
     assert config.server.host == "127.0.0.1"
     assert config.server.port == 9000  # ${PORT:-9000} with PORT empty → default
-    assert config.server.threads == 8  # ${THREADS:-} → not configured → default
+    assert config.server.threads == 32  # ${THREADS:-} → not configured → default
     assert config.rate_limits.enabled is False
     assert config.claims.email_domain == "users.example.org"
     assert config.secret_key is None and config.pairwise_salt is None

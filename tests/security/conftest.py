@@ -199,13 +199,13 @@ def authorize_code(
             f"{broker.issuer}/authorize", data=public(params), allow_redirects=False, timeout=30
         )
         location = first.headers.get("Location", "")
-        if first.status_code == 302 and not location.startswith(redirect_uri.split("?")[0]):
+        if first.status_code in (302, 303) and not location.startswith(redirect_uri.split("?")[0]):
             first = follow_until(browser, location, redirect_uri.split("?")[0])
         response = first
     else:
         url = authorize_url(broker.issuer, **public(params))
         response = follow_until(browser, url, redirect_uri.split("?")[0])
-    assert response.status_code == 302, (response.status_code, response.text[:300])
+    assert response.status_code in (302, 303), (response.status_code, response.text[:300])
     query = query_of(response.headers["Location"])
     assert "code" in query, query
     if "state" in params:

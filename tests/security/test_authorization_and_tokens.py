@@ -112,7 +112,7 @@ def discovery(broker: Broker) -> dict[str, Any]:
 
 
 def code_from(response: requests.Response) -> str:
-    assert response.status_code == 302, (response.status_code, response.text[:300])
+    assert response.status_code in (302, 303), (response.status_code, response.text[:300])
     query = query_of(response.headers["Location"])
     assert "code" in query, query
     return query["code"]
