@@ -78,7 +78,10 @@ def picture_claim(url: Any, policy: str) -> str | None:
         return None
     if not URL_CHARACTERS.fullmatch(url):
         return None  # quotes, spaces, markup: not a URL QQ would send (UP-16)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[": not a URL
+        return None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         return None
     if policy == "passthrough" or parts.scheme == "https":

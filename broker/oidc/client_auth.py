@@ -304,7 +304,7 @@ class PrivateKeyJWT(JWTBearerClientAssertion):  # type: ignore[misc]
             token = jwt.decode(assertion, resolve_key, algorithms=list(ASSERTION_ALGORITHMS))
         except JwksError as error:
             raise _unauthorized(f"The client's keys are unavailable: {error}") from error
-        except (JoseError, ValueError) as error:
+        except (JoseError, ValueError, TypeError) as error:  # TypeError: e.g. "crit": 5
             code = getattr(error, "error", "invalid_assertion")
             raise _unauthorized(f"Invalid client assertion ({code}).") from error
         self.verify_claims(token.claims)

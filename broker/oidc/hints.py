@@ -37,7 +37,7 @@ def verify_id_token_hint(hint: str, keyring: KeyRing, issuer: str) -> dict[str, 
     ID token still names its user (OIDC Core §3.1.2.1)."""
     try:
         token = jwt.decode(hint, keyring.public_keyset(), algorithms=list(keyring.algorithms))
-    except (JoseError, ValueError, TypeError) as err:
+    except (JoseError, ValueError, TypeError, RecursionError) as err:
         raise InvalidRequestError("Invalid 'id_token_hint'.") from err
     claims = dict(token.claims)
     if claims.get("iss") != issuer or not is_id_token(hint, claims):

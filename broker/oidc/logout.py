@@ -37,6 +37,15 @@ class BrokerEndSessionEndpoint(EndSessionEndpoint):  # type: ignore[misc]
     def get_algorithms(self) -> list[str]:
         return list(self.ctx.config.keys.algorithms)
 
+    def _validate_id_token_hint(self, id_token_hint: str) -> dict[str, Any]:
+        """Authlib catches JoseError only; joserfc raises TypeError for odd headers
+        (e.g. ``"crit": 5``), which must be a bad request, not a 500."""
+        try:
+            claims: dict[str, Any] = super()._validate_id_token_hint(id_token_hint)
+        except (TypeError, ValueError, RecursionError) as err:
+            raise InvalidRequestError("Invalid 'id_token_hint'.") from err
+        return claims
+
     def validate_request(self, request: Any) -> EndSessionRequest:
         validated: EndSessionRequest = super().validate_request(request)
         claims = validated.id_token_claims

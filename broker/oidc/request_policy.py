@@ -70,7 +70,7 @@ def _valid_claims_request(text: str) -> bool:
     each mapping claim names to null or an object (essential, value, values)."""
     try:
         request = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." within the length cap
         return False
     if not isinstance(request, dict) or not set(request) <= {"userinfo", "id_token"}:
         return False
