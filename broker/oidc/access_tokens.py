@@ -71,18 +71,13 @@ class AccessTokenFactory:
             return self.jwt_access_token(client, user, scope)
         return secrets.token_urlsafe(OPAQUE_TOKEN_BYTES)
 
-    def signing_algorithm(self, client: Client) -> str:
-        """The client's ID token algorithm, else ``keys.algorithm``.
+    def jwt_access_token(self, client: Client, user: ClientUser, scope: str) -> str:
+        """Sign an RFC 9068 access token with the active key for the client's algorithm.
 
         RFC 9068 §4 lets the authorization server choose; following the ID token
-        algorithm means a relying party that verifies its ID tokens can verify its
-        access tokens with the same code (the same rule as the OpenID extension).
+        algorithm means an RP that verifies its ID tokens can verify these too.
         """
-        return client.config.id_token_signed_response_alg or self.ctx.config.keys.algorithm
-
-    def jwt_access_token(self, client: Client, user: ClientUser, scope: str) -> str:
-        """Sign an RFC 9068 access token with the active key for the client's algorithm."""
-        key = self.ctx.keyring.signing_key(self.signing_algorithm(client))
+        key = self.ctx.signing_key_for(client)
         # RFC 9068 §2.1: typ "at+jwt" keeps the token from passing as an ID token;
         # kid lets resource servers pick the key from /jwks.json across rotations.
         header = {"alg": key.alg, "kid": key.kid, "typ": JWT_ACCESS_TOKEN_TYPE}

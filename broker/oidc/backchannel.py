@@ -127,8 +127,7 @@ class BackchannelLogout:
         client has no subject for the user. There is never a ``nonce`` (§2.4 forbids
         it, so that a logout token cannot pass as an ID token).
         """
-        alg = client.id_token_signed_response_alg or self._ctx.config.keys.algorithm
-        signing = self._ctx.keyring.signing_key(alg)
+        signing = self._ctx.signing_key_for(client)
         header = {"alg": signing.alg, "kid": signing.kid, "typ": LOGOUT_TOKEN_TYPE}
         now = int(time.time())
         claims: dict[str, Any] = {

@@ -236,13 +236,13 @@ class _IDTokenClaims:
     server: BrokerAuthorizationServer
 
     def get_client_algorithm(self, client: Client) -> str:
-        return client.id_token_signed_response_alg or self.server.ctx.config.keys.algorithm
+        return self.server.ctx.signing_key_for(client).alg
 
     def resolve_client_private_key(self, client: Client) -> Any:
-        return self.server.ctx.keyring.signing_key(self.get_client_algorithm(client)).key
+        return self.server.ctx.signing_key_for(client).key
 
     def get_encode_header(self, client: Client) -> dict[str, str]:
-        key = self.server.ctx.keyring.signing_key(self.get_client_algorithm(client))
+        key = self.server.ctx.signing_key_for(client)
         return {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
 
     def get_client_claims(self, client: Client) -> dict[str, Any]:

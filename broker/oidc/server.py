@@ -15,7 +15,7 @@ from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import UserInfoEndpoint
 
 from broker.config import Config
-from broker.keys import KeyRing
+from broker.keys import KeyRing, SigningKey
 from broker.oidc.access_tokens import AccessTokenFactory
 from broker.oidc.claims import SubjectUnavailable, subject_for, user_claims
 from broker.oidc.client_auth import register_client_auth
@@ -43,6 +43,13 @@ class ProviderContext:
     clients: Mapping[str, Client]
     pairwise_salt: bytes
     upstream: UpstreamSessions
+
+    def signing_key_for(self, client: Client) -> SigningKey:
+        """The key for everything signed for this client (ID, access and logout tokens):
+        its ``id_token_signed_response_alg``, else ``keys.algorithm``."""
+        return self.keyring.signing_key(
+            client.id_token_signed_response_alg or self.config.keys.algorithm
+        )
 
     def can_name(self, principal: ClientUser) -> bool:
         """Whether this client's subject strategy yields a ``sub`` for this user."""
