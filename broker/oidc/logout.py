@@ -9,16 +9,20 @@ ends the session, revokes its tokens and tells back-channel clients.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
 
 from broker.oidc.hints import is_id_token
+from broker.oidc.models import EndUser
+from broker.storage.base import SessionRecord, digest
 
 if TYPE_CHECKING:
+    from broker.oidc.backchannel import BackchannelLogout
     from broker.oidc.models import Client
-    from broker.oidc.server import ProviderContext
+    from broker.oidc.server import BrokerAuthorizationServer, ProviderContext
 
 log = logging.getLogger("broker.oidc")
 
@@ -68,3 +72,69 @@ class BrokerEndSessionEndpoint(EndSessionEndpoint):  # type: ignore[misc]
     def end_session(self, end_session_request: EndSessionRequest) -> None:
         """Nothing here: the provider ends the session (it knows the browser's cookie)
         before asking Authlib for the response."""
+
+
+class RPInitiatedLogout:
+    """``/logout``: validate, decide whether to ask, end the session (Logout 1.0 §2–§6)."""
+
+    def __init__(
+        self,
+        ctx: ProviderContext,
+        server: BrokerAuthorizationServer,
+        backchannel: BackchannelLogout,
+    ) -> None:
+        self.ctx = ctx
+        self.server = server
+        self.backchannel = backchannel
+        server.register_endpoint(BrokerEndSessionEndpoint(ctx))
+
+    def validate(self) -> EndSessionRequest:
+        """Raises OAuth2Error for a request that must get an error page, never a redirect."""
+        try:
+            request: EndSessionRequest = self.server.validate_endpoint_request("end_session")
+        except ValueError as err:
+            raise InvalidRequestError("Malformed logout request.") from err
+        return request
+
+    def needs_confirmation(self, request: EndSessionRequest, session_secret: str | None) -> bool:
+        """Ask the user first without a valid hint (§6), and when the hint names another
+        session than this browser's: anyone's ID token must not log out whoever clicks."""
+        if request.needs_confirmation:
+            return True
+        session = self._browser_session(session_secret)
+        hinted = (request.id_token_claims or {}).get("sid")
+        return session is not None and hinted != session.sid
+
+    def end(
+        self, request: EndSessionRequest, session_secret: str | None, confirmed: bool
+    ) -> str | None:
+        """End the session; the post-logout redirect URI (with ``state``) or None.
+
+        A confirmed logout ends this browser's session; an unconfirmed one (valid
+        hint, same session or no browser session) ends the session the hint names.
+        """
+        session = self._browser_session(session_secret)
+        if session is None or not confirmed:
+            sid = (request.id_token_claims or {}).get("sid")
+            session = self.ctx.store.get_session(sid) if isinstance(sid, str) else None
+        if session is not None and not session.ended:
+            self._end_session(session)
+        response = self.server.create_endpoint_response("end_session", request)
+        return None if response is None else str(response.headers.get("Location"))
+
+    def _browser_session(self, session_secret: str | None) -> SessionRecord | None:
+        if not session_secret:
+            return None
+        return self.ctx.store.find_session(digest(session_secret), int(time.time()))
+
+    def _end_session(self, session: SessionRecord) -> None:
+        """End a session, revoke its tokens and tell the back-channel clients
+        (OpenID Back-Channel Logout §2.5) without waiting for them."""
+        clients = self.ctx.store.end_session(session.sid)
+        stored = self.ctx.store.get_user(session.user_id)
+        if stored is not None:
+            user = EndUser(
+                stored.user_id, stored.unionid, stored.profile, session.auth_time, session.sid
+            )
+            self.backchannel.notify(user, session.sid, clients)
+        log.info("session ended (%d client(s) took part)", len(clients))

@@ -17,9 +17,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Request
+from authlib.oauth2.rfc6749 import OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
-from authlib.oidc.rpinitiated import EndSessionRequest
 from flask import Response
 from flask import request as http_request
 
@@ -37,7 +36,7 @@ from broker.oidc.errors import (
 )
 from broker.oidc.grants import ClientUser
 from broker.oidc.hints import verify_id_token_hint
-from broker.oidc.logout import BrokerEndSessionEndpoint
+from broker.oidc.logout import RPInitiatedLogout
 from broker.oidc.models import Client, EndUser
 from broker.oidc.request_policy import check_authorization_parameters, parked_parameters
 from broker.oidc.server import BrokerAuthorizationServer, ProviderContext
@@ -92,8 +91,7 @@ class Provider:
         self.callback_url = f"{ctx.config.issuer}/qq/callback"
         self.metadata = provider_metadata(ctx.config)
         self._next_purge = 0
-        self.backchannel = BackchannelLogout(ctx)
-        self.server.register_endpoint(BrokerEndSessionEndpoint(ctx))
+        self.logout = RPInitiatedLogout(ctx, self.server, BackchannelLogout(ctx))
 
     # -- /authorize ------------------------------------------------------------
 
@@ -356,61 +354,6 @@ class Provider:
         except ValueError:
             response = json_error("invalid_request", "Malformed request.", 400)
         return rfc6750_challenge(response)
-
-    # -- /logout (RP-Initiated Logout 1.0) -----------------------------------------
-
-    def validate_logout(self) -> EndSessionRequest:
-        """Raises OAuth2Error for a request that must get an error page, never a redirect."""
-        try:
-            request: EndSessionRequest = self.server.validate_endpoint_request("end_session")
-        except ValueError as err:
-            raise InvalidRequestError("Malformed logout request.") from err
-        return request
-
-    def logout_needs_confirmation(
-        self, request: EndSessionRequest, session_secret: str | None
-    ) -> bool:
-        """Ask the user first without a valid hint (§6), and when the hint names another
-        session than this browser's: anyone's ID token must not log out whoever clicks."""
-        if request.needs_confirmation:
-            return True
-        session = self._browser_session(session_secret)
-        hinted = (request.id_token_claims or {}).get("sid")
-        return session is not None and hinted != session.sid
-
-    def logout(
-        self, request: EndSessionRequest, session_secret: str | None, confirmed: bool
-    ) -> str | None:
-        """End the session; the post-logout redirect URI (with ``state``) or None.
-
-        A confirmed logout ends this browser's session; an unconfirmed one (valid
-        hint, same session or no browser session) ends the session the hint names.
-        """
-        session = self._browser_session(session_secret)
-        if session is None or not confirmed:
-            sid = (request.id_token_claims or {}).get("sid")
-            session = self.ctx.store.get_session(sid) if isinstance(sid, str) else None
-        if session is not None and not session.ended:
-            self._end_session(session)
-        response = self.server.create_endpoint_response("end_session", request)
-        return None if response is None else str(response.headers.get("Location"))
-
-    def _browser_session(self, session_secret: str | None) -> SessionRecord | None:
-        if not session_secret:
-            return None
-        return self.ctx.store.find_session(digest(session_secret), int(time.time()))
-
-    def _end_session(self, session: SessionRecord) -> None:
-        """End a session, revoke its tokens and tell the back-channel clients
-        (OpenID Back-Channel Logout §2.5) without waiting for them."""
-        clients = self.ctx.store.end_session(session.sid)
-        stored = self.ctx.store.get_user(session.user_id)
-        if stored is not None:
-            user = EndUser(
-                stored.user_id, stored.unionid, stored.profile, session.auth_time, session.sid
-            )
-            self.backchannel.notify(user, session.sid, clients)
-        log.info("session ended (%d client(s) took part)", len(clients))
 
     def endpoint_response(self, name: str) -> Response:
         """Revocation, introspection: Authlib endpoints registered on the server."""

@@ -133,14 +133,14 @@ def logout() -> Response:
     """
     session_secret = request.cookies.get(cookie_name(SESSION_COOKIE))
     try:
-        end_request = provider().validate_logout()
+        end_request = provider().logout.validate()
     except OAuth2Error as err:
         return error_page("logout_invalid", 400, err.description or err.error)
     confirm = logout_confirmation(session_secret)
     confirmed = request.method == "POST" and request.form.get("confirm") == confirm
-    if not confirmed and provider().logout_needs_confirmation(end_request, session_secret):
+    if not confirmed and provider().logout.needs_confirmation(end_request, session_secret):
         return confirm_logout_page(end_request, confirm)
-    location = provider().logout(end_request, session_secret, confirmed)
+    location = provider().logout.end(end_request, session_secret, confirmed)
     response = _redirect(location) if location else logged_out_page()
     dev = provider().ctx.config.is_development
     response.delete_cookie(
