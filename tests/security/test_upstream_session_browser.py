@@ -1982,6 +1982,9 @@ def test_up_12_a_self_signed_upstream_fails_the_tls_handshake(tmp_path: Path) ->
         callback = browser.get(f"{served.url}/qq/callback?code=ABCDEF0123456789&state={state}")
         query = query_of(callback.headers["Location"])
         assert query["error"] == "temporarily_unavailable" and "code" not in query
+        deadline = time.monotonic() + 10  # the stub's thread notes the failure after the client
+        while not stub.handshakes and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert stub.handshakes and all(h.startswith("failed") for h in stub.handshakes)
         assert stub.requests == []  # not a byte of HTTP (the app key) went to the impostor
     finally:
