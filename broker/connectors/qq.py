@@ -473,13 +473,7 @@ class QQConnector:
 
         The caller must persist the returned refresh_token atomically: the old one is dead.
         """
-        if not _is_token(refresh_token):
-            raise UpstreamRejected(
-                oauth_error="invalid_grant",
-                message_key="upstream.token_expired",
-                hint="no usable upstream refresh token is stored: the user must log in again",
-                endpoint="token",
-            )
+        _require_stored_token(refresh_token, "refresh", "token")
         data = {
             "grant_type": "refresh_token",
             "client_id": self.app_id,
@@ -497,13 +491,7 @@ class QQConnector:
         Returns ``(openid, unionid)``; unionid is None unless asked for. The token must have
         been minted for this app id (UP-07), or UpstreamProtocolError.
         """
-        if not _is_token(access_token):
-            raise UpstreamRejected(
-                oauth_error="invalid_grant",
-                message_key="upstream.token_expired",
-                hint="no usable upstream access token is stored: the user must log in again",
-                endpoint="me",
-            )
+        _require_stored_token(access_token, "access", "me")
         return self._me(access_token, want_unionid, login=False)
 
     def user_info(self, access_token: str, openid: str) -> tuple[str, str | None, dict[str, Any]]:
@@ -513,13 +501,7 @@ class QQConnector:
         :class:`Identity`. A dead token raises UpstreamRejected with ``invalid_grant``
         (refresh time, not login time).
         """
-        if not _is_token(access_token):
-            raise UpstreamRejected(
-                oauth_error="invalid_grant",
-                message_key="upstream.token_expired",
-                hint="no usable upstream access token is stored: the user must log in again",
-                endpoint="get_user_info",
-            )
+        _require_stored_token(access_token, "access", "get_user_info")
         profile = self._user_info(access_token, openid, login=False)
         return _nickname(profile), _picture(profile), profile
 
@@ -837,6 +819,17 @@ def _read_chunk(response: requests.Response, timeout: float, amount: int) -> tup
         return b"", "the response body stalled (timeout)"
     except (urllib3.exceptions.HTTPError, OSError, requests.RequestException) as exc:
         return b"", f"the response broke off ({type(exc).__name__})"
+
+
+def _require_stored_token(token: str, kind: str, endpoint: str) -> None:
+    """Refresh-time calls need a usable stored token; without one the login is over."""
+    if not _is_token(token):
+        raise UpstreamRejected(
+            oauth_error="invalid_grant",
+            message_key="upstream.token_expired",
+            hint=f"no usable upstream {kind} token is stored: the user must log in again",
+            endpoint=endpoint,
+        )
 
 
 def _is_token(value: object) -> TypeGuard[str]:
