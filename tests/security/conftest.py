@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,7 +277,7 @@ def qq_logins(emulator: Emulator) -> int:
 
 @dataclass
 class Listener:
-    """A local HTTP server that records every request (SSRF canary)."""
+    """A local HTTP server that records every request (SSRF canary, framing host)."""
 
     served: ServedApp
     hits: list[str]
@@ -287,11 +287,13 @@ class Listener:
         return self.served.url
 
 
-@pytest.fixture(scope="module")
-def listener_server() -> Iterator[Listener]:
+def start_listener(name: str, extra_routes: Callable[[Flask], None] | None = None) -> Listener:
+    """Record every request not served by ``extra_routes``; answers an empty JWKS."""
     hits: list[str] = []
     lock = threading.Lock()
-    app = Flask("ssrf-canary")
+    app = Flask(name)
+    if extra_routes is not None:
+        extra_routes(app)
 
     @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "HEAD"])
     @app.route("/<path:path>", methods=["GET", "POST", "HEAD"])
@@ -301,9 +303,14 @@ def listener_server() -> Iterator[Listener]:
         body = json.dumps({"keys": []})
         return body, 200, {"Content-Type": "application/json"}
 
-    served = serve(app)
-    yield Listener(served, hits)
-    served.stop()
+    return Listener(serve(app), hits)
+
+
+@pytest.fixture(scope="module")
+def listener_server() -> Iterator[Listener]:
+    listener = start_listener("ssrf-canary")
+    yield listener
+    listener.served.stop()
 
 
 @pytest.fixture

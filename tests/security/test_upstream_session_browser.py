@@ -68,6 +68,7 @@ from broker.emulator.users import EmulatorUser, default_users
 from broker.storage.base import digest
 from tests.conftest import APP_ID, RP, Broker, Emulator, broker_config, client_definitions
 from tests.flows import authorize_url, follow_until, query_of
+from tests.security.conftest import Listener, start_listener
 from tests.servers import ServedApp, free_port, serve
 
 REPO = Path(__file__).resolve().parents[2]
@@ -545,23 +546,11 @@ def prod_login(
 # --------------------------------------------------------------------------- fixtures
 
 
-@dataclass
-class Canary:
-    """An HTTP server that records every hit (SSRF canary, framing host for BR-01)."""
-
-    served: ServedApp
-    hits: list[str]
-
-    @property
-    def url(self) -> str:
-        return self.served.url
+Canary = Listener
 
 
-@pytest.fixture(scope="module")
-def canary_server() -> Iterator[Canary]:
-    hits: list[str] = []
-    lock = threading.Lock()
-    app = Flask("canary")
+def _framing_routes(app: Flask) -> None:
+    """Pages that frame or embed broker URLs (BR-01, BR-02)."""
 
     @app.get("/frame")
     def frame() -> str:
@@ -572,16 +561,12 @@ def canary_server() -> Iterator[Canary]:
     def plain() -> str:
         return '<!doctype html><html><body><img src="/rendered.png"></body></html>'
 
-    @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "HEAD"])
-    @app.route("/<path:path>", methods=["GET", "POST", "HEAD"])
-    def record(path: str) -> tuple[str, int]:
-        with lock:
-            hits.append(f"{request.method} /{path}")
-        return "", 200
 
-    served = serve(app)
-    yield Canary(served, hits)
-    served.stop()
+@pytest.fixture(scope="module")
+def canary_server() -> Iterator[Canary]:
+    canary = start_listener("canary", _framing_routes)
+    yield canary
+    canary.served.stop()
 
 
 @pytest.fixture
