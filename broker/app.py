@@ -13,13 +13,14 @@ from flask import Flask, Response, g, request
 from broker.config import PRODUCTION_QQ_BASE_URL, Config
 from broker.connectors.base import Connector
 from broker.connectors.qq import QQConnector
+from broker.housekeeping import Housekeeper, Job
 from broker.keys import KeyRing, load_or_create_secret
 from broker.logs import install_redaction
 from broker.oidc.models import Client
 from broker.oidc.provider import Provider
 from broker.oidc.server import ProviderContext
 from broker.oidc.upstream import UpstreamSessions
-from broker.storage import ClientRecord, SQLStore, Store
+from broker.storage import ClientRecord, SQLStore, StorageError, Store
 from broker.storage.base import digest
 from broker.web.errors import register_error_handlers
 from broker.web.ratelimit import RateLimits, install_rate_limiter
@@ -53,8 +54,12 @@ def create_app(
         if config.pairwise_salt
         else load_or_create_secret(config.keys.dir, "pairwise_salt")
     )
-    store = store or SQLStore(config.storage.url)
-    store.create_schema()
+    store = store or SQLStore(
+        config.storage.url,
+        pool_size=config.storage.pool_size,
+        max_overflow=config.storage.max_overflow,
+    )
+    _prepare_schema(store, config.storage.auto_upgrade)
     store.sync_clients([_client_record(c) for c in config.clients])
     qq = config.upstream.qq
     connector = connector or QQConnector(
@@ -87,6 +92,11 @@ def create_app(
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["qq_oidc_broker"] = Provider(ctx, connector)
+    housekeeper = Housekeeper(
+        [Job("purge", config.storage.purge_interval, store.purge_expired)],
+    )
+    housekeeper.start()
+    app.extensions["qq_oidc_broker.housekeeper"] = housekeeper
     app.register_blueprint(bp)
     register_error_handlers(app)
     app.before_request(_refuse_oversized_headers)
@@ -96,6 +106,21 @@ def create_app(
     app.after_request(add_security_headers)
     app.wsgi_app = _mount_at_issuer(app.wsgi_app, config.issuer)  # type: ignore[method-assign,assignment]
     return app
+
+
+def _prepare_schema(store: Store, auto_upgrade: bool) -> None:
+    """Migrate on start, or (``storage.auto_upgrade: false``) refuse an out-of-date schema:
+    running new code on an old schema would fail request by request instead."""
+    if auto_upgrade:
+        store.create_schema()
+        return
+    current, head = store.schema_revision()
+    if current != head:
+        raise StorageError(
+            f"the database schema is at revision {current or 'none (empty database)'}, this "
+            f"version needs {head}: run `qq-oidc-broker db upgrade` (or set "
+            "storage.auto_upgrade: true)"
+        )
 
 
 def unenforced_settings(config: Config) -> list[str]:

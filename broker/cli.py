@@ -7,10 +7,12 @@ failure the operator can fix is one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import secrets
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,8 @@ def _configure_logging() -> None:
     )
     for noisy in ("authlib", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.INFO)
+    # Alembic narrates every plugin and context at INFO; migrate.py logs what matters.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate the config and exit")
     _config_option(check)
     check.set_defaults(handler=cmd_check)
+
+    db = commands.add_parser("db", help="database schema and housekeeping")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    for name, handler, text in (
+        ("upgrade", cmd_db_upgrade, "migrate the database to this version's schema"),
+        ("status", cmd_db_status, "show the schema revision (exit 1 when an upgrade is due)"),
+        ("purge", cmd_db_purge, "delete expired logins, codes, sessions and tokens now"),
+    ):
+        action = db_commands.add_parser(name, help=text)
+        _config_option(action)
+        action.add_argument("--json", action="store_true", help="machine-readable output")
+        action.set_defaults(handler=handler)
 
     dev = commands.add_parser("dev", help="broker + QQ emulator + demo relying party on 127.0.0.1")
     dev.add_argument("--port", type=int, default=8000, help="broker port [8000]")
@@ -128,6 +144,58 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threads=config.server.threads,
         ident="qq-oidc-broker",
     )
+    return EXIT_OK
+
+
+def _open_store(config: Config) -> Any:
+    """The configured store, for commands that work on the database without serving."""
+    from broker.storage import SQLStore
+
+    return SQLStore(config.storage.url, pool_size=1, max_overflow=0)
+
+
+def _storage_call(function: Any, *args: Any) -> Any:
+    from broker.storage import StorageError
+
+    try:
+        return function(*args)
+    except StorageError as err:
+        raise UsageError(f"storage.url: {err}") from err
+
+
+def _report(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data) if args.json else text)
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    store = _open_store(_load(args))
+    before, _ = _storage_call(store.schema_revision)
+    _storage_call(store.create_schema)
+    after, head = _storage_call(store.schema_revision)
+    text = (
+        f"database schema already at {head}"
+        if before == after
+        else f"database schema upgraded from {before or 'empty'} to {after}"
+    )
+    _report(args, {"before": before, "after": after, "head": head}, text)
+    return EXIT_OK
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    store = _open_store(_load(args))
+    current, head = _storage_call(store.schema_revision)
+    due = current != head
+    text = f"schema {current or 'none (empty database)'}; this version needs {head}"
+    if due:
+        text += ": run `qq-oidc-broker db upgrade`"
+    _report(args, {"current": current, "head": head, "upgrade_needed": due}, text)
+    return EXIT_CHECK_FAILED if due else EXIT_OK
+
+
+def cmd_db_purge(args: argparse.Namespace) -> int:
+    store = _open_store(_load(args))
+    removed = _storage_call(store.purge_expired, int(time.time()))
+    _report(args, {"removed": removed}, f"removed {removed} expired row(s)")
     return EXIT_OK
 
 

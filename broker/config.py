@@ -23,6 +23,7 @@ client called ``no`` stay strings instead of turning into ``False``.
 
 from __future__ import annotations
 
+import base64
 import difflib
 import ipaddress
 import os
@@ -169,6 +170,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     threads: int = 32  # QQ calls are I/O-bound: slow upstream logins must not starve /token
+    #: SIGTERM stops accepting, then waits this long for in-flight requests before exiting.
+    shutdown_timeout: int = 30
+    #: Proxies (IP addresses or CIDR networks) whose X-Forwarded-For is believed.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,13 @@ class StorageConfig:
     """``url`` is a SQLAlchemy URL; a relative SQLite path is already made absolute."""
 
     url: str = field(default="sqlite:///broker.sqlite3", repr=False)  # may carry a password
+    #: Run the Alembic migrations on start (under a lock); off: refuse to start on an old schema.
+    auto_upgrade: bool = True
+    #: Connections each process keeps open (PostgreSQL), and how many more it may open at peaks.
+    pool_size: int = 10
+    max_overflow: int = 10
+    #: Seconds between purges of expired rows on each instance (0: only ``db purge``).
+    purge_interval: int = 300
 
 
 @dataclass(frozen=True)
@@ -185,6 +197,21 @@ class KeysConfig:
     dir: Path
     algorithm: str = "RS256"
     algorithms: tuple[str, ...] = ("RS256",)
+    #: ``files`` (``dir``, shared between instances by a shared mount) or ``database``.
+    storage: str = "files"
+    #: base64url of 32 random bytes: encrypts private keys and secrets kept in the database.
+    encryption_key: str | None = field(default=None, repr=False)
+    #: ``Cache-Control: max-age`` of /jwks.json: how long a relying party may keep our keys.
+    jwks_max_age: int = 3600
+    #: Seconds between automatic rotations (0: only ``keys rotate``).
+    rotation_interval: int = 90 * 86400
+    #: How long a new key is published before it signs; at least jwks_max_age + refresh.
+    publish_ahead: int = 2 * 3600
+
+    @property
+    def refresh_interval(self) -> int:
+        """How often each instance re-reads the key set (to see keys another one added)."""
+        return max(1, min(30, self.jwks_max_age // 2))
 
 
 @dataclass(frozen=True)
@@ -854,17 +881,31 @@ _CLIENT_KEYS: Final = (
 )
 
 
+_SERVER_KEYS: Final = ("host", "port", "threads", "shutdown_timeout", "trusted_proxies")
+_STORAGE_KEYS: Final = ("url", "auto_upgrade", "pool_size", "max_overflow", "purge_interval")
+_KEYS_KEYS: Final = (
+    "dir",
+    "algorithm",
+    "algorithms",
+    "storage",
+    "encryption_key",
+    "jwks_max_age",
+    "rotation",
+)
+KEY_STORAGES: Final = ("files", "database")
+
+
 def _build_config(ctx: _Context, data: Any) -> Config:
     top = _Section(ctx, (), data, _TOP_KEYS)
     issuer = _check_issuer(top, top.required_str("issuer"))
     production = not is_loopback_url(issuer)
-    keys = _keys(top.section("keys", ("dir", "algorithm", "algorithms")))
+    keys = _keys(top.section("keys", _KEYS_KEYS))
     upstream = _upstream(top, production)
     return Config(
         issuer=issuer,
-        server=_server(top.section("server", ("host", "port", "threads"))),
+        server=_server(top.section("server", _SERVER_KEYS)),
         secret_key=_secret_key(top, production),
-        storage=_storage(top.section("storage", ("url",))),
+        storage=_storage(top.section("storage", _STORAGE_KEYS)),
         keys=keys,
         upstream=upstream,
         rate_limits=_rate_limits(top.section("rate_limits", ("enabled", "storage"))),
@@ -882,7 +923,25 @@ def _server(section: _Section) -> ServerConfig:
         host=section.str_or("host", defaults.host),
         port=section.integer("port", defaults.port, minimum=1, maximum=65535),
         threads=section.integer("threads", defaults.threads, minimum=1, maximum=1024),
+        shutdown_timeout=section.integer(
+            "shutdown_timeout", defaults.shutdown_timeout, minimum=0, maximum=3600
+        ),
+        trusted_proxies=_trusted_proxies(section),
     )
+
+
+def _trusted_proxies(section: _Section) -> tuple[str, ...]:
+    """Addresses or networks (``10.0.0.0/8``), normalised; anything else is an error."""
+    networks = []
+    for index, item in enumerate(section.str_list("trusted_proxies", ())):
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise section.ctx.error(
+                (*section.at("trusted_proxies"), index),
+                f"{_show(item, 45)} is not an IP address or network such as 10.0.0.0/8",
+            ) from None
+    return tuple(networks)
 
 
 def _secret_key(top: _Section, production: bool) -> str | None:
@@ -944,7 +1003,18 @@ def _storage(section: _Section) -> StorageConfig:
             "must be a database URL such as sqlite:///broker.sqlite3 or "
             "postgresql+psycopg://user@host/db",
         )
-    return StorageConfig(url=_absolute_sqlite_url(section.ctx, url))
+    defaults = StorageConfig()
+    return StorageConfig(
+        url=_absolute_sqlite_url(section.ctx, url),
+        auto_upgrade=section.boolean("auto_upgrade", defaults.auto_upgrade),
+        pool_size=section.integer("pool_size", defaults.pool_size, minimum=1, maximum=1000),
+        max_overflow=section.integer(
+            "max_overflow", defaults.max_overflow, minimum=0, maximum=1000
+        ),
+        purge_interval=section.integer(
+            "purge_interval", defaults.purge_interval, minimum=0, maximum=86400
+        ),
+    )
 
 
 def _absolute_sqlite_url(ctx: _Context, url: str) -> str:
@@ -980,7 +1050,56 @@ def _keys(section: _Section) -> KeysConfig:
         raise section.error("algorithm", f"{algorithm} must also be listed in keys.algorithms")
     # RS256 is always published: OpenID Connect requires every RP to be able to use it.
     algorithms = ("RS256", *(alg for alg in seen if alg != "RS256"))
-    return KeysConfig(dir=directory, algorithm=algorithm, algorithms=algorithms)
+    storage = section.choice("storage", "files", KEY_STORAGES)
+    encryption_key = section.optional_str("encryption_key", secret=True)
+    if storage == "database":
+        _check_encryption_key(section, encryption_key)
+    jwks_max_age = section.integer("jwks_max_age", 3600, minimum=1, maximum=7 * 86400)
+    rotation = section.section("rotation", ("interval", "publish_ahead"))
+    keys = KeysConfig(
+        dir=directory,
+        algorithm=algorithm,
+        algorithms=algorithms,
+        storage=storage,
+        encryption_key=encryption_key,
+        jwks_max_age=jwks_max_age,
+        rotation_interval=rotation.integer("interval", 90 * 86400, minimum=0),
+        publish_ahead=rotation.integer("publish_ahead", 2 * jwks_max_age, minimum=1),
+    )
+    # A relying party may hold our JWKS for jwks_max_age, and an instance sees a key
+    # another one added only after refresh_interval: a new key that signed sooner would
+    # fail verification at a relying party with a fresh-looking cache.
+    needed = keys.jwks_max_age + keys.refresh_interval
+    if keys.publish_ahead < needed:
+        raise rotation.error(
+            "publish_ahead",
+            f"must be at least keys.jwks_max_age + {keys.refresh_interval} s key refresh "
+            f"= {needed} s, got {keys.publish_ahead}",
+        )
+    if keys.rotation_interval and keys.rotation_interval < 2 * keys.publish_ahead:
+        raise rotation.error(
+            "interval",
+            f"must be 0 (off) or at least twice publish_ahead ({2 * keys.publish_ahead} s), "
+            f"got {keys.rotation_interval}",
+        )
+    return keys
+
+
+def _check_encryption_key(section: _Section, value: str | None) -> None:
+    """The key-encryption key: 32 random bytes as base64url, normally from the environment."""
+    hint = (
+        "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'` "
+        "and pass it from the environment, e.g. encryption_key: ${BROKER_KEY_ENCRYPTION_KEY}"
+    )
+    if value is None:
+        raise section.error("encryption_key", f"is required with keys.storage: database; {hint}")
+    text = value.strip()
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError:
+        raw = b""
+    if len(raw) != 32 or not re.fullmatch(r"[A-Za-z0-9_-]+=*", text):
+        raise section.error("encryption_key", f"must be 32 bytes as base64url; {hint}")
 
 
 def _upstream(top: _Section, production: bool) -> UpstreamConfig:

@@ -125,6 +125,23 @@ class UserRecord:
     updated_at: int = 0
 
 
+@dataclass(frozen=True)
+class SigningKeyRecord:
+    """A signing key kept in the database (``keys.storage: database``).
+
+    ``private_key`` is opaque here: the key ring encrypts it before it is stored.
+    The key is published from ``created_at`` and signs from ``activates_at``;
+    ``retired_at`` (set by an operator) withdraws it from JWKS at once.
+    """
+
+    kid: str
+    alg: str
+    private_key: str = field(repr=False)
+    created_at: int
+    activates_at: int
+    retired_at: int | None = None
+
+
 class Store(Protocol):
     """Storage operations the broker needs; every backend passes the same conformance tests."""
 
@@ -212,8 +229,32 @@ class Store(Protocol):
     def remember_jti(self, jti_digest: str, expires_at: int, now: int) -> bool:
         """Record a one-time assertion id; False if it was seen before (replay)."""
 
-    def purge_expired(self, now: int) -> int:
-        """Delete expired logins, codes and tokens; returns how many rows went."""
+    # -- keys, shared secrets, coordination between instances --
+
+    def list_signing_keys(self) -> list[SigningKeyRecord]:
+        """Every stored signing key, oldest ``activates_at`` first."""
+
+    def add_signing_key(self, key: SigningKeyRecord) -> None: ...
+
+    def retire_signing_key(self, kid: str, now: int) -> bool:
+        """Withdraw a key; False if no such (unretired) key."""
+
+    def get_or_create_secret(self, name: str, value: str) -> str:
+        """The stored value of ``name``, storing ``value`` first if there is none.
+
+        Instances starting together all get the value of whichever stored first.
+        """
+
+    def acquire_lease(self, name: str, holder: str, now: int, ttl: int) -> bool:
+        """Take (or renew) the lease ``name`` for ``ttl`` seconds; True for exactly one
+        holder while the lease is live, so only one instance runs a scheduled job."""
+
+    def purge_expired(self, now: int, batch: int = 500) -> int:
+        """Delete expired logins, codes and tokens, ``batch`` rows per transaction (short
+        locks; safe on every instance at once); returns how many rows went."""
+
+    def schema_revision(self) -> tuple[str | None, str]:
+        """(the database's schema revision, the revision this version needs)."""
 
     def ping(self) -> None:
         """Raise StorageError unless the database answers."""

@@ -126,3 +126,29 @@ users = sa.Table(
     sa.Column("profile", sa.JSON, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
+
+signing_keys = sa.Table(
+    "signing_keys",
+    metadata,
+    sa.Column("kid", sa.String(128), primary_key=True),
+    sa.Column("alg", sa.String(16), nullable=False),
+    sa.Column("private_key", sa.Text, nullable=False),  # encrypted by the key ring (AES-GCM)
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("activates_at", sa.BigInteger, nullable=False),
+    sa.Column("retired_at", sa.BigInteger, nullable=True),
+)
+
+broker_secrets = sa.Table(
+    "broker_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),  # encrypted by the key ring (AES-GCM)
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+)

@@ -13,16 +13,19 @@ from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
+from alembic.util import CommandError
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from broker.storage import schema
+from broker.storage import migrate, schema
 from broker.storage.base import (
     AuthorizationCodeRecord,
     ClientRecord,
     LoginTransaction,
     RefreshTokenRecord,
     SessionRecord,
+    SigningKeyRecord,
     StorageError,
     TokenRecord,
     UserRecord,
@@ -41,10 +44,19 @@ def _guarded(method: Callable[P, R]) -> Callable[P, R]:
         try:
             return method(*args, **kwargs)
         except sa.exc.SQLAlchemyError as exc:
-            name = type(exc).__name__
-            raise StorageError(f"database error in {method.__name__}: {name}") from exc
+            raise StorageError(f"database error in {method.__name__}: {_describe(exc)}") from exc
 
     return wrapper
+
+
+def _describe(exc: sa.exc.SQLAlchemyError) -> str:
+    """The error class, and for a failed connection the driver's first line (it names the
+    host and port, never the password); never the SQL or its parameters."""
+    name = type(exc).__name__
+    if isinstance(exc, sa.exc.OperationalError) and exc.orig is not None:
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        return f"{name} ({first[:200]})" if first else name
+    return name
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -56,13 +68,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(url: str) -> Engine:
+#: Seconds to wait for PostgreSQL to accept a connection, and for a free pooled one:
+#: when the database is down, requests fail fast with 503 instead of hanging.
+CONNECT_TIMEOUT = 5
+POOL_TIMEOUT = 10
+
+
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> Engine:
     """An engine with settings fit for a threaded server on either backend."""
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 5})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return sa.create_engine(
+        url,
+        # A connection that died with the server (restart, failover) is noticed at
+        # checkout and replaced, so the broker recovers without a restart.
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=POOL_TIMEOUT,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT},
+    )
 
 
 def _values(record: Any) -> dict[str, Any]:
@@ -81,15 +108,23 @@ def _record(cls: type[Rec], row: Any) -> Rec:
 class SQLStore:
     """:class:`broker.storage.base.Store` on SQLAlchemy Core."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
         try:
-            self._engine = create_engine(url)
+            self._engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StorageError(f"cannot use storage.url: {exc}") from exc
 
     @_guarded
     def create_schema(self) -> None:
-        schema.metadata.create_all(self._engine)
+        """Migrate to the current schema (Alembic; safe when instances start together)."""
+        try:
+            migrate.upgrade(self._engine)
+        except (OSError, CommandError) as exc:  # the lock file; a revision we do not know
+            raise StorageError(f"cannot migrate the database schema: {exc}") from exc
+
+    @_guarded
+    def schema_revision(self) -> tuple[str | None, str]:
+        return migrate.current_revision(self._engine), migrate.head_revision()
 
     @_guarded
     def ping(self) -> None:
@@ -108,6 +143,21 @@ class SQLStore:
         with self._engine.begin() as conn:
             conn.execute(sa.insert(table).values(**_values(record)))
 
+    def _upsert(
+        self, conn: Connection, table: sa.Table, values: dict[str, Any], update: dict[str, Any]
+    ) -> None:
+        """INSERT, or UPDATE ``update`` on a primary-key conflict (nothing when empty).
+
+        One statement, so instances doing it at once cannot both insert and fail.
+        """
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(table).values(**values)
+        keys = [column.name for column in table.primary_key.columns]
+        if update:
+            conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update))
+        else:
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=keys))
+
     @staticmethod
     def _take(conn: Connection, table: sa.Table, *where: Any) -> bool:
         """The atomic single-use step: flip ``used`` where it is still false."""
@@ -121,11 +171,14 @@ class SQLStore:
     @_guarded
     def sync_clients(self, clients: Sequence[ClientRecord]) -> None:
         table = schema.clients
+        ids = [client.client_id for client in clients]
         with self._engine.begin() as conn:
-            conn.execute(sa.delete(table).where(table.c.source == "config"))
+            conn.execute(
+                sa.delete(table).where(table.c.source == "config", table.c.client_id.not_in(ids))
+            )
             for client in clients:
-                conn.execute(sa.delete(table).where(table.c.client_id == client.client_id))
-                conn.execute(sa.insert(table).values(**_values(client)))
+                values = _values(client)
+                self._upsert(conn, table, values, values)
 
     @_guarded
     def get_client(self, client_id: str) -> ClientRecord | None:
@@ -343,14 +396,9 @@ class SQLStore:
     @_guarded
     def add_session_client(self, sid: str, client_id: str, expires_at: int) -> None:
         table = schema.session_clients
+        values = {"sid": sid, "client_id": client_id, "expires_at": expires_at}
         with self._engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(table.c.sid).where(table.c.sid == sid, table.c.client_id == client_id)
-            ).first()
-            if exists is None:
-                conn.execute(
-                    sa.insert(table).values(sid=sid, client_id=client_id, expires_at=expires_at)
-                )
+            self._upsert(conn, table, values, {})
 
     # -- users -----------------------------------------------------------------------------
 
@@ -358,17 +406,15 @@ class SQLStore:
     def upsert_user(self, user: UserRecord) -> None:
         table = schema.users
         values = {"profile": dict(user.profile), "updated_at": user.updated_at}
+        # A login that did not ask for the UnionID must not erase the known one.
+        unionid = sa.func.coalesce(user.unionid, table.c.unionid)
         with self._engine.begin() as conn:
-            # A login that did not ask for the UnionID must not erase the known one.
-            updated = conn.execute(
-                sa.update(table)
-                .where(table.c.user_id == user.user_id)
-                .values(unionid=sa.func.coalesce(user.unionid, table.c.unionid), **values)
-            ).rowcount
-            if updated == 0:
-                conn.execute(
-                    sa.insert(table).values(user_id=user.user_id, unionid=user.unionid, **values)
-                )
+            self._upsert(
+                conn,
+                table,
+                {"user_id": user.user_id, "unionid": user.unionid, **values},
+                {"unionid": unionid, **values},
+            )
 
     @_guarded
     def get_user(self, user_id: str) -> UserRecord | None:
@@ -387,11 +433,7 @@ class SQLStore:
         table = schema.upstream_tokens
         values = {"ciphertext": ciphertext, "expires_at": expires_at, "updated_at": now}
         with self._engine.begin() as conn:
-            updated = conn.execute(
-                sa.update(table).where(table.c.user_id == user_id).values(**values)
-            ).rowcount
-            if updated == 0:
-                conn.execute(sa.insert(table).values(user_id=user_id, **values))
+            self._upsert(conn, table, {"user_id": user_id, **values}, values)
 
     @_guarded
     def get_upstream_tokens(self, user_id: str) -> tuple[str, int] | None:
@@ -413,25 +455,95 @@ class SQLStore:
             return False
         return True
 
+    # -- keys, shared secrets, leases -------------------------------------------------------
+
+    @_guarded
+    def list_signing_keys(self) -> list[SigningKeyRecord]:
+        table = schema.signing_keys
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(table).order_by(table.c.activates_at, table.c.kid))
+            return [_record(SigningKeyRecord, row) for row in rows]
+
+    @_guarded
+    def add_signing_key(self, key: SigningKeyRecord) -> None:
+        self._insert(schema.signing_keys, key)
+
+    @_guarded
+    def retire_signing_key(self, kid: str, now: int) -> bool:
+        table = schema.signing_keys
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                sa.update(table)
+                .where(table.c.kid == kid, table.c.retired_at.is_(None))
+                .values(retired_at=now)
+            )
+            return bool(result.rowcount == 1)
+
+    @_guarded
+    def get_or_create_secret(self, name: str, value: str) -> str:
+        table = schema.broker_secrets
+        with self._engine.begin() as conn:
+            self._upsert(conn, table, {"name": name, "value": value}, {})
+            stored: str = conn.execute(
+                sa.select(table.c.value).where(table.c.name == name)
+            ).scalar_one()
+            return stored
+
+    @_guarded
+    def acquire_lease(self, name: str, holder: str, now: int, ttl: int) -> bool:
+        table = schema.leases
+        with self._engine.begin() as conn:
+            self._upsert(conn, table, {"name": name, "holder": holder, "expires_at": 0}, {})
+            # One conditional UPDATE: of instances racing for a free lease, one matches.
+            taken = conn.execute(
+                sa.update(table)
+                .where(
+                    table.c.name == name,
+                    sa.or_(table.c.expires_at <= now, table.c.holder == holder),
+                )
+                .values(holder=holder, expires_at=now + ttl)
+            )
+            return bool(taken.rowcount == 1)
+
     # -- housekeeping ----------------------------------------------------------------------
 
     @_guarded
-    def purge_expired(self, now: int) -> int:
-        """Delete expired rows. Refresh tokens go when their whole family has expired."""
-        expiring = (
-            schema.login_transactions,
-            schema.authorization_codes,
-            schema.tokens,
-            schema.sessions,
-            schema.session_clients,
-            schema.used_jtis,
-        )
+    def purge_expired(self, now: int, batch: int = 500) -> int:
+        """Delete expired rows, ``batch`` at a time, each batch its own short transaction.
+
+        Refresh tokens go when their whole family has expired (a used link must stay
+        until then so that its reuse is recognised). On PostgreSQL rows another
+        instance is deleting are skipped (``SKIP LOCKED``), so purges never queue.
+        """
+        expiring = [
+            (table, table.c.expires_at)
+            for table in (
+                schema.login_transactions,
+                schema.authorization_codes,
+                schema.tokens,
+                schema.sessions,
+                schema.session_clients,
+                schema.used_jtis,
+                schema.upstream_tokens,
+            )
+        ]
+        expiring.append((schema.refresh_tokens, schema.refresh_tokens.c.family_expires_at))
         removed = 0
-        with self._engine.begin() as conn:
-            for table in expiring:
-                removed += conn.execute(sa.delete(table).where(table.c.expires_at <= now)).rowcount
-            refresh = schema.refresh_tokens
-            removed += conn.execute(
-                sa.delete(refresh).where(refresh.c.family_expires_at <= now)
-            ).rowcount
+        for table, expiry in expiring:
+            while True:
+                count = self._purge_batch(table, expiry <= now, batch)
+                removed += count
+                if count < batch:
+                    break
         return removed
+
+    def _purge_batch(self, table: sa.Table, expired: Any, batch: int) -> int:
+        key = sa.tuple_(*table.primary_key.columns)
+        victims = (
+            sa.select(*table.primary_key.columns)
+            .where(expired)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
+        with self._engine.begin() as conn:
+            return int(conn.execute(sa.delete(table).where(key.in_(victims))).rowcount)
