@@ -1,17 +1,20 @@
 """Storage conformance: every backend must pass these (Dex-style), through the Store interface only.
 
-Today the suite runs on SQLite; the PostgreSQL backend joins the parameter
-list when it lands (issue 5).
+Each test runs on SQLite (a file in tmp_path) and on the machine's real PostgreSQL
+(a throwaway schema in database ``test``, see tests/pg.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from broker.storage import (
     AuthorizationCodeRecord,
@@ -22,16 +25,26 @@ from broker.storage import (
     Store,
     TokenRecord,
     UserRecord,
+    schema,
 )
-from broker.storage.base import RefreshTokenRecord, SessionRecord, digest
+from broker.storage.base import RefreshTokenRecord, SessionRecord, SigningKeyRecord, digest
+from tests.pg import fresh_schema
+from tests.servers import free_port
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    backend = SQLStore(f"sqlite:///{tmp_path / 'conformance.sqlite3'}")
-    backend.create_schema()
-    yield backend
-    backend.close()
+    if request.param == "sqlite":
+        backend = SQLStore(f"sqlite:///{tmp_path / 'conformance.sqlite3'}")
+        backend.create_schema()
+        yield backend
+        backend.close()
+        return
+    with fresh_schema("conf") as url:
+        backend = SQLStore(url, pool_size=12, max_overflow=12)
+        backend.create_schema()
+        yield backend
+        backend.close()
 
 
 # One fixed "now" for every record and call: the file may run minutes after import.
@@ -214,3 +227,226 @@ def test_upstream_tokens_round_trip(store: Store) -> None:
     store.save_upstream_tokens("U", "cipher-1", NOW + 60, NOW)
     store.save_upstream_tokens("U", "cipher-2", NOW + 90, NOW)
     assert store.get_upstream_tokens("U") == ("cipher-2", NOW + 90)
+
+
+# --------------------------------------------------------------------------- races
+# Instances share nothing but the database: N threads with their own pooled
+# connections stand in for N instances racing for the same row.
+
+RACERS = 10
+
+
+def race(action: Callable[[int], object], racers: int = RACERS) -> list[object]:
+    """Run ``action(i)`` on ``racers`` threads released together; re-raise any error."""
+    barrier = threading.Barrier(racers)
+
+    def run(i: int) -> object:
+        barrier.wait()
+        return action(i)
+
+    with ThreadPoolExecutor(racers) as pool:
+        return list(pool.map(run, range(racers)))
+
+
+def test_racing_refresh_rotations_have_exactly_one_winner(store: Store) -> None:
+    store.save_refresh_token(refresh_record("rt-race", family="race"))
+    results = race(lambda _: store.rotate_refresh_token(digest("rt-race"), NOW))
+    assert sum(r is not None for r in results) == 1
+
+
+def test_racing_login_callbacks_have_exactly_one_winner(store: Store) -> None:
+    tx = LoginTransaction(digest("st-race"), "rp", {"state": "s"}, digest("b"), NOW, NOW + 600)
+    store.create_login(tx)
+    results = race(lambda _: store.consume_login(digest("st-race"), digest("b")))
+    assert sum(r is not None for r in results) == 1
+
+
+def test_racing_jti_records_have_exactly_one_first_use(store: Store) -> None:
+    results = race(lambda _: store.remember_jti(digest("jti-race"), NOW + 60, NOW))
+    assert results.count(True) == 1
+
+
+def test_racing_upserts_and_session_clients_do_not_fail(store: Store) -> None:
+    store.create_session(SessionRecord("sid-race", digest("c-race"), "U", 1, NOW + 600))
+    race(lambda i: store.upsert_user(UserRecord("U-race", None, {"n": i}, i)))
+    race(lambda _: store.add_session_client("sid-race", "rp", NOW + 600))
+    race(lambda i: store.save_upstream_tokens("U-race", f"c{i}", NOW + 60, NOW))
+    user = store.get_user("U-race")
+    assert user is not None and user.profile["n"] in range(RACERS)
+    assert store.end_session("sid-race") == ["rp"]
+
+
+def test_racing_client_syncs_leave_the_config_clients(store: Store) -> None:
+    clients = [ClientRecord(f"c{i}", digest("s"), {"redirect_uris": ["x"]}) for i in range(3)]
+    race(lambda _: store.sync_clients(clients), racers=4)
+    assert all(store.get_client(f"c{i}") is not None for i in range(3))
+
+
+# --------------------------------------------------------------------------- expiry
+
+
+def test_expired_sessions_and_refresh_tokens_are_not_live(store: Store) -> None:
+    store.create_session(SessionRecord("sid-old", digest("old-cookie"), "U", 1, NOW - 1))
+    assert store.find_session(digest("old-cookie"), NOW) is None
+    assert store.get_session("sid-old") is not None  # kept for logout until purged
+    idle = dataclasses.replace(refresh_record("rt-idle"), expires_at=NOW - 1)
+    family = dataclasses.replace(refresh_record("rt-fam"), family_expires_at=NOW - 1)
+    store.save_refresh_token(idle)
+    store.save_refresh_token(family)
+    assert store.rotate_refresh_token(digest("rt-idle"), NOW) is None
+    assert store.rotate_refresh_token(digest("rt-fam"), NOW) is None
+
+
+def test_purge_covers_every_expiring_record_in_small_batches(store: Store) -> None:
+    old = NOW - 10
+    for i in range(5):
+        store.save_code(code_record(f"old-code-{i}", expires_in=-10))
+        store.create_login(
+            LoginTransaction(digest(f"old-st-{i}"), "rp", {}, digest("b"), old - 600, old)
+        )
+    store.save_token(TokenRecord(digest("old-at"), "rp", "U", "openid", 0, old, 0))
+    store.create_session(SessionRecord("sid-p", digest("p-cookie"), "U", 1, old))
+    store.add_session_client("sid-p", "rp", old)
+    store.remember_jti(digest("old-jti"), old, old - 60)
+    store.save_upstream_tokens("U-old", "c", old, old - 60)
+    # A used refresh link stays until its whole family expires (reuse detection).
+    store.save_refresh_token(dataclasses.replace(refresh_record("rt-live"), expires_at=old))
+    store.save_refresh_token(
+        dataclasses.replace(refresh_record("rt-dead", family="dead"), family_expires_at=old)
+    )
+    store.save_code(code_record("fresh"))
+    assert store.purge_expired(NOW, batch=2) == 5 + 5 + 1 + 1 + 1 + 1 + 1 + 1
+    assert store.get_refresh_token(digest("rt-live")) is not None
+    assert store.get_refresh_token(digest("rt-dead")) is None
+    assert store.get_session("sid-p") is None
+    assert store.get_upstream_tokens("U-old") is None
+    assert store.consume_code(digest("fresh"), NOW) is not None
+    assert store.purge_expired(NOW, batch=2) == 0
+
+
+def test_purges_on_every_instance_at_once_remove_each_row_once(store: Store) -> None:
+    for i in range(40):
+        store.save_code(code_record(f"bulk-{i}", expires_in=-10))
+    removed = race(lambda _: store.purge_expired(NOW, batch=3), racers=4)
+    assert sum(int(r) for r in removed) == 40  # type: ignore[call-overload]
+
+
+# --------------------------------------------------------------------------- keys, secrets, leases
+
+
+def key_record(kid: str, activates_at: int) -> SigningKeyRecord:
+    return SigningKeyRecord(kid, "RS256", f"v1.cipher-{kid}", activates_at - 10, activates_at)
+
+
+def test_signing_keys_are_listed_in_activation_order_and_retired_once(store: Store) -> None:
+    store.add_signing_key(key_record("k2", NOW + 100))
+    store.add_signing_key(key_record("k1", NOW))
+    assert [k.kid for k in store.list_signing_keys()] == ["k1", "k2"]
+    assert store.list_signing_keys()[0] == key_record("k1", NOW)
+    assert store.retire_signing_key("k1", NOW) is True
+    assert store.retire_signing_key("k1", NOW + 1) is False
+    assert store.retire_signing_key("nope", NOW) is False
+    assert store.list_signing_keys()[0].retired_at == NOW
+    with pytest.raises(StorageError):  # a kid is unique
+        store.add_signing_key(key_record("k2", NOW))
+
+
+def test_first_stored_secret_wins_for_every_racer(store: Store) -> None:
+    values = race(lambda i: store.get_or_create_secret("secret_key", f"value-{i}"))
+    assert len(set(values)) == 1
+    assert store.get_or_create_secret("secret_key", "later") == values[0]
+
+
+def test_a_lease_has_one_holder_until_it_expires(store: Store) -> None:
+    won = race(lambda i: store.acquire_lease("rotation", f"h{i}", NOW, 60))
+    assert won.count(True) == 1
+    holder = f"h{won.index(True)}"
+    assert store.acquire_lease("rotation", holder, NOW + 30, 60) is True  # renewal
+    assert store.acquire_lease("rotation", "other", NOW + 60, 60) is False
+    assert store.acquire_lease("rotation", "other", NOW + 91, 60) is True  # expired
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def broken_stores(tmp_path: Path) -> list[SQLStore]:
+    """A SQLite file in a missing directory, and a PostgreSQL port nobody listens on."""
+    return [
+        SQLStore(f"sqlite:///{tmp_path / 'missing-dir' / 'x.sqlite3'}"),
+        SQLStore(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"),
+    ]
+
+
+STORE_CALLS: list[tuple[str, tuple[object, ...]]] = [
+    ("create_schema", ()),
+    ("schema_revision", ()),
+    ("ping", ()),
+    ("get_client", ("c",)),
+    ("sync_clients", ([ClientRecord("c", None, {})],)),
+    ("create_login", (LoginTransaction("d", "rp", {}, "b", 0, 1),)),
+    ("consume_login", ("d", "b")),
+    ("login_status", ("d",)),
+    ("cap_pending_logins", ("b", 1)),
+    ("save_code", (code_record("x"),)),
+    ("consume_code", ("d", NOW)),
+    ("code_was_used", ("d",)),
+    ("save_token", (TokenRecord("d", "rp", "U", "openid", 0, 1, 0),)),
+    ("get_token", ("d",)),
+    ("revoke_access_token", ("d",)),
+    ("revoke_tokens_of_code", ("d",)),
+    ("save_refresh_token", (refresh_record("x"),)),
+    ("get_refresh_token", ("d",)),
+    ("rotate_refresh_token", ("d", NOW)),
+    ("revoke_family", ("f",)),
+    ("create_session", (SessionRecord("s", "d", "U", 1, 2),)),
+    ("find_session", ("d", NOW)),
+    ("get_session", ("s",)),
+    ("end_session", ("s",)),
+    ("add_session_client", ("s", "rp", 1)),
+    ("upsert_user", (UserRecord("U", None, {}, 1),)),
+    ("get_user", ("U",)),
+    ("find_user_by_unionid", ("X",)),
+    ("save_upstream_tokens", ("U", "c", 1, 0)),
+    ("get_upstream_tokens", ("U",)),
+    ("remember_jti", ("d", 1, 0)),
+    ("list_signing_keys", ()),
+    ("add_signing_key", (key_record("k", 1),)),
+    ("retire_signing_key", ("k", 1)),
+    ("get_or_create_secret", ("n", "v")),
+    ("acquire_lease", ("n", "h", 0, 1)),
+    ("purge_expired", (NOW,)),
+]
+
+
+def test_every_store_call_is_in_the_failure_matrix() -> None:
+    public = {
+        name
+        for name in dir(SQLStore)
+        if not name.startswith("_") and callable(getattr(SQLStore, name))
+    }
+    assert public - {"close"} == {name for name, _ in STORE_CALLS}
+
+
+def test_driver_errors_never_escape_the_storage_package(tmp_path: Path) -> None:
+    for broken in broken_stores(tmp_path):
+        for name, args in STORE_CALLS:
+            with pytest.raises(StorageError):
+                getattr(broken, name)(*args)
+        broken.close()
+
+
+def test_a_table_that_disappears_gives_storage_errors_and_recovers(store: Store) -> None:
+    """A table dropped under a running store (a restore gone wrong): errors, not crashes;
+    once it is back, the same store object works again without a restart."""
+    store.upsert_user(UserRecord("U-gone", None, {}, 1))
+    engine = store._engine  # type: ignore[attr-defined]  # fault injection needs the engine
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE users"))
+    with pytest.raises(StorageError):
+        store.get_user("U-gone")
+    with pytest.raises(StorageError):
+        store.upsert_user(UserRecord("U-gone", None, {}, 2))
+    schema.users.create(engine)
+    assert store.get_user("U-gone") is None
+    store.upsert_user(UserRecord("U-gone", None, {}, 3))
+    assert store.get_user("U-gone") is not None
