@@ -23,6 +23,7 @@ from broker.oidc.upstream import UpstreamSessions
 from broker.storage import ClientRecord, SQLStore, StorageError, Store
 from broker.storage.base import digest
 from broker.web.errors import register_error_handlers
+from broker.web.proxies import trust_forwarded_for
 from broker.web.ratelimit import RateLimits, install_rate_limiter
 from broker.web.routes import bp
 from broker.web.security import add_security_headers
@@ -104,7 +105,14 @@ def create_app(
     # After the request id, so that a 429 page shows it.
     install_rate_limiter(app, config.rate_limits, rate_limits)
     app.after_request(add_security_headers)
-    app.wsgi_app = _mount_at_issuer(app.wsgi_app, config.issuer)  # type: ignore[method-assign,assignment]
+    # The trusted-proxy layer goes outside the issuer mount: the client address belongs to
+    # the connection, so it is settled before anything else reads it, and every layer below
+    # sees the same REMOTE_ADDR. It cannot weaken the Host check: it reads X-Forwarded-For
+    # and writes REMOTE_ADDR only, never Host or the scheme, which stay the issuer's.
+    app.wsgi_app = trust_forwarded_for(  # type: ignore[method-assign,assignment]
+        _mount_at_issuer(app.wsgi_app, config.issuer),
+        config.server.trusted_proxies,
+    )
     return app
 
 

@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     emulator = commands.add_parser("emulator", help="run the QQ Connect emulator alone")
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8001)
+    emulator.add_argument(
+        "--threads", type=int, default=8, help="server threads (raise for slow-QQ load tests) [8]"
+    )
     emulator.add_argument("--users", help="YAML file of test users")
     emulator.add_argument("--config", help="take app id, key and callback from this broker config")
     emulator.add_argument("--app-id")
@@ -132,18 +135,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     app = _build_app(config)
-    from waitress import serve
+    from broker.serving import ServeError, serve
 
-    log.info(
-        "qq-oidc-broker serving %s on %s:%d", config.issuer, config.server.host, config.server.port
-    )
-    serve(
-        app,
-        host=config.server.host,
-        port=config.server.port,
-        threads=config.server.threads,
-        ident="qq-oidc-broker",
-    )
+    log.info("qq-oidc-broker serving %s", config.issuer)
+    try:
+        serve(app, config.server)  # returns after SIGTERM/SIGINT and a drain: exit 0
+    except ServeError as err:
+        raise UsageError(f"server: {err}") from err
     return EXIT_OK
 
 
@@ -329,5 +327,5 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         f"(app id {app_id}; callbacks: {', '.join(callbacks)})",
         flush=True,
     )
-    serve(app, host=args.host, port=args.port, threads=8)
+    serve(app, host=args.host, port=args.port, threads=args.threads)
     return EXIT_OK

@@ -418,29 +418,29 @@ class RateLimiter:
         return _Counter("failures", ip, self.limits.failures, f"ip {ip}", amount)
 
     def _note_proxy(self) -> None:
-        """Say once that a proxy's forwarding headers are ignored (no trusted-proxy setting).
+        """Say once that a peer outside ``server.trusted_proxies`` sent forwarding headers.
 
-        ``qq-oidc-broker serve`` (waitress) already drops them from untrusted peers, so
-        this speaks up under other WSGI servers (``broker.wsgi:app``) behind a proxy.
+        An operator behind a proxy who forgot ``trusted_proxies`` would otherwise count
+        every client as the proxy. Requests from a trusted proxy are already resolved to
+        the client address (``broker.web.proxies``) and say nothing.
         """
-        if self._proxy_noted:
+        if self._proxy_noted or "broker.proxy_addr" in request.environ:
             return
         if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
             self._proxy_noted = True
             log.warning(
-                "rate_limits: requests carry X-Forwarded-For/Forwarded, which the broker does "
-                "not trust; limits count the proxy's address (%s) for every client behind it",
+                "rate_limits: requests carry X-Forwarded-For/Forwarded from %s, which is not in "
+                "server.trusted_proxies; limits count that address for every client behind it",
                 request.remote_addr,
             )
 
 
 def _client_ip() -> str:
-    """The address rate limits count: the TCP peer.
-
-    There is no trusted-proxy setting yet. Behind a reverse proxy every client
-    therefore shares the proxy's address, and X-Forwarded-For is ignored on
-    purpose: anyone can send it. IPv6 clients are counted per /64, because one
-    host usually holds a whole /64 and could otherwise rotate addresses within it.
+    """The address rate limits count: the TCP peer, or behind a proxy listed in
+    ``server.trusted_proxies`` the client address it forwarded (``broker.web.proxies``
+    rewrites REMOTE_ADDR; X-Forwarded-For from anyone else is ignored, anyone can send
+    it). IPv6 clients are counted per /64, because one host usually holds a whole /64
+    and could otherwise rotate addresses within it.
     """
     raw = request.remote_addr or ""
     try:
