@@ -170,46 +170,46 @@ class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         family_id = parent.record.family_id if parent else None
         if family_id is None and "refresh_token" in token:
             family_id = secrets.token_urlsafe(16)
-        self.ctx.store.save_token(
-            TokenRecord(
-                token_digest=digest(token["access_token"]),
-                client_id=request.client.client_id,
-                user_id=principal.user.user_id,
-                scope=token.get("scope", ""),
-                issued_at=now,
-                expires_at=now + int(token["expires_in"]),
-                auth_time=principal.user.auth_time,
-                sid=principal.user.sid,
-                family_id=family_id,
-                code_digest=code.record.code_digest if code else None,
-                claims_request=principal.claims_request,
-            )
+        access = TokenRecord(
+            token_digest=digest(token["access_token"]),
+            client_id=request.client.client_id,
+            user_id=principal.user.user_id,
+            scope=token.get("scope", ""),
+            issued_at=now,
+            expires_at=now + int(token["expires_in"]),
+            auth_time=principal.user.auth_time,
+            sid=principal.user.sid,
+            family_id=family_id,
+            code_digest=code.record.code_digest if code else None,
+            claims_request=principal.claims_request,
         )
+        refresh = None
         if "refresh_token" in token and family_id:
-            self._save_refresh_token(token, principal, family_id, parent, now)
+            refresh = self._refresh_record(token, principal, family_id, parent, now)
+        # One transaction: a replay or logout racing with this request (another instance)
+        # revokes both or neither is saved before it (storage/sql.py save_issued_tokens).
+        self.ctx.store.save_issued_tokens(access, refresh)
 
-    def _save_refresh_token(
+    def _refresh_record(
         self,
         token: Mapping[str, Any],
         principal: ClientUser,
         family_id: str,
         parent: RefreshCredential | None,
         now: int,
-    ) -> None:
+    ) -> RefreshTokenRecord:
         lifetimes = self.ctx.config.lifetimes
         family_end = parent.record.family_expires_at if parent else now + lifetimes.refresh_absolute
-        self.ctx.store.save_refresh_token(
-            RefreshTokenRecord(
-                token_digest=digest(token["refresh_token"]),
-                family_id=family_id,
-                client_id=principal.client.client_id,
-                user_id=principal.user.user_id,
-                scope=parent.record.scope if parent else token.get("scope", ""),
-                auth_time=principal.user.auth_time,
-                issued_at=now,
-                expires_at=min(now + lifetimes.refresh_idle, family_end),
-                family_expires_at=family_end,
-                sid=principal.user.sid,
-                claims_request=principal.claims_request,
-            )
+        return RefreshTokenRecord(
+            token_digest=digest(token["refresh_token"]),
+            family_id=family_id,
+            client_id=principal.client.client_id,
+            user_id=principal.user.user_id,
+            scope=parent.record.scope if parent else token.get("scope", ""),
+            auth_time=principal.user.auth_time,
+            issued_at=now,
+            expires_at=min(now + lifetimes.refresh_idle, family_end),
+            family_expires_at=family_end,
+            sid=principal.user.sid,
+            claims_request=principal.claims_request,
         )

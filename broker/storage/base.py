@@ -174,6 +174,10 @@ class Store(Protocol):
 
     def save_token(self, token: TokenRecord) -> None: ...
 
+    def save_issued_tokens(self, access: TokenRecord, refresh: RefreshTokenRecord | None) -> None:
+        """Store one token response atomically; born revoked when its code was replayed, its
+        family revoked or its session ended before (or while) it was saved."""
+
     def get_token(self, token_digest: str) -> TokenRecord | None: ...
 
     def upsert_user(self, user: UserRecord) -> None:

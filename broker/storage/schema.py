@@ -45,6 +45,8 @@ authorization_codes = sa.Table(
     # A used code stays (a tombstone) until purged after expiry: a second redemption
     # finds it used and fails (RFC 6749 §4.1.2).
     sa.Column("used", sa.Boolean, nullable=False, default=False),
+    # Set when someone presents the code again: tokens it issues later are born revoked.
+    sa.Column("replayed", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
 )
 
 tokens = sa.Table(

@@ -251,9 +251,35 @@ class SQLStore:
 
     @_guarded
     def save_token(self, token: TokenRecord) -> None:
+        self.save_issued_tokens(token, None)
+
+    @_guarded
+    def save_issued_tokens(self, access: TokenRecord, refresh: RefreshTokenRecord | None) -> None:
+        """Store what one token response issued, in one transaction, born revoked if a
+        revocation got there first.
+
+        A revocation (code replay, refresh reuse, logout) updates the rows that exist;
+        the request that passed its checks may save its tokens a moment later. Under
+        the same lock as the revocations (``_lock``), the save sees whether one of its
+        code, family or session was revoked meanwhile, and the revocation sees every
+        saved row: no interleaving lets a token escape.
+        """
+        family = access.family_id or (refresh.family_id if refresh else None)
         with self._engine.begin() as conn:
-            conn.execute(sa.insert(schema.tokens).values(**_values(token)))
-            self._inherit_revocation(conn, schema.tokens, token.family_id, token.sid)
+            # SQLite: the INSERT comes first, so the transaction holds the write lock
+            # before it reads (writers are serialized; PostgreSQL needs the locks below).
+            conn.execute(sa.insert(schema.tokens).values(**_values(access)))
+            if refresh is not None:
+                conn.execute(sa.insert(schema.refresh_tokens).values(**_values(refresh)))
+            self._lock(conn, code=access.code_digest, families=[family], sid=access.sid)
+            if self._born_revoked(conn, access.code_digest, family, access.sid):
+                if family:
+                    self._revoke_families(conn, [family])
+                conn.execute(
+                    sa.update(schema.tokens)
+                    .where(schema.tokens.c.token_digest == access.token_digest)
+                    .values(revoked=True)
+                )
 
     @_guarded
     def get_token(self, token_digest: str) -> TokenRecord | None:
@@ -269,13 +295,25 @@ class SQLStore:
 
     @_guarded
     def revoke_tokens_of_code(self, code_digest: str) -> None:
+        codes = schema.authorization_codes
         with self._engine.begin() as conn:
-            families = conn.execute(
-                sa.select(schema.tokens.c.family_id).where(
-                    schema.tokens.c.code_digest == code_digest
-                )
-            ).scalars()
-            self._revoke_families(conn, [f for f in families if f])
+            # Marked first (a write: SQLite's lock), so the winner of the race, if it has
+            # not saved its tokens yet, saves them revoked (save_issued_tokens).
+            conn.execute(
+                sa.update(codes).where(codes.c.code_digest == code_digest).values(replayed=True)
+            )
+            self._lock(conn, code=code_digest)
+            families = [
+                f
+                for f in conn.execute(
+                    sa.select(schema.tokens.c.family_id).where(
+                        schema.tokens.c.code_digest == code_digest
+                    )
+                ).scalars()
+                if f
+            ]
+            self._lock(conn, families=families)
+            self._revoke_families(conn, families)
             conn.execute(
                 sa.update(schema.tokens)
                 .where(schema.tokens.c.code_digest == code_digest)
@@ -288,30 +326,52 @@ class SQLStore:
     def save_refresh_token(self, token: RefreshTokenRecord) -> None:
         with self._engine.begin() as conn:
             conn.execute(sa.insert(schema.refresh_tokens).values(**_values(token)))
-            self._inherit_revocation(conn, schema.refresh_tokens, token.family_id, token.sid)
+            self._lock(conn, families=[token.family_id], sid=token.sid)
+            if self._born_revoked(conn, None, token.family_id, token.sid):
+                self._revoke_families(conn, [token.family_id])
+
+    def _lock(
+        self,
+        conn: Connection,
+        *,
+        code: str | None = None,
+        families: Sequence[str | None] = (),
+        sid: str | None = None,
+    ) -> None:
+        """PostgreSQL: serialize issuing and revoking per code, family and session.
+
+        Transaction-scoped advisory locks, always taken in the order code, families
+        (sorted), session, so two transactions never wait for each other in a cycle.
+        SQLite needs none: its writers are serialized, and these transactions write first.
+        """
+        if self._engine.dialect.name != "postgresql":
+            return
+        keys = [f"code:{code}"] if code else []
+        keys += [f"family:{f}" for f in sorted({f for f in families if f})]
+        keys += [f"session:{sid}"] if sid else []
+        for key in keys:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(key, 0))))
 
     @staticmethod
-    def _inherit_revocation(
-        conn: Connection, table: sa.Table, family_id: str | None, sid: str | None
-    ) -> None:
-        """A token born into a revoked family or an ended session is revoked at once.
-
-        Revocation updates the rows that exist; this closes the window in which a
-        request that passed its checks saves new tokens after the revocation.
-        """
-        refresh, sessions = schema.refresh_tokens, schema.sessions
-        if family_id:
-            family_revoked = sa.exists().where(
-                refresh.c.family_id == family_id, refresh.c.revoked.is_(True)
-            )
-            conn.execute(
-                sa.update(table)
-                .where(table.c.family_id == family_id, family_revoked)
-                .values(revoked=True)
+    def _born_revoked(
+        conn: Connection, code: str | None, family: str | None, sid: str | None
+    ) -> bool:
+        """Whether a revocation already covers new tokens of this code, family or session."""
+        codes, refresh, sessions = (
+            schema.authorization_codes,
+            schema.refresh_tokens,
+            schema.sessions,
+        )
+        checks = []
+        if code:
+            checks.append(sa.exists().where(codes.c.code_digest == code, codes.c.replayed))
+        if family:
+            checks.append(
+                sa.exists().where(refresh.c.family_id == family, refresh.c.revoked.is_(True))
             )
         if sid:
-            ended = sa.exists().where(sessions.c.sid == sid, sessions.c.ended.is_(True))
-            conn.execute(sa.update(table).where(table.c.sid == sid, ended).values(revoked=True))
+            checks.append(sa.exists().where(sessions.c.sid == sid, sessions.c.ended.is_(True)))
+        return bool(checks) and bool(conn.execute(sa.select(sa.or_(*checks))).scalar())
 
     @_guarded
     def get_refresh_token(self, token_digest: str) -> RefreshTokenRecord | None:
@@ -336,7 +396,9 @@ class SQLStore:
     @_guarded
     def revoke_family(self, family_id: str) -> None:
         with self._engine.begin() as conn:
-            self._revoke_families(conn, [family_id])
+            self._revoke_families(conn, [family_id])  # SQLite: write first
+            self._lock(conn, families=[family_id])
+            self._revoke_families(conn, [family_id])  # again: rows saved while we waited
 
     @staticmethod
     def _revoke_families(conn: Connection, family_ids: Sequence[str]) -> None:
@@ -370,6 +432,7 @@ class SQLStore:
 
     @_guarded
     def end_session(self, sid: str) -> list[str]:
+        refresh, tokens = schema.refresh_tokens, schema.tokens
         with self._engine.begin() as conn:
             conn.execute(
                 sa.update(schema.sessions).where(schema.sessions.c.sid == sid).values(ended=True)
@@ -377,15 +440,12 @@ class SQLStore:
             # Codes not yet redeemed die with the session.
             codes = schema.authorization_codes
             conn.execute(sa.update(codes).where(codes.c.sid == sid).values(used=True))
-            families = conn.execute(
-                sa.select(schema.refresh_tokens.c.family_id).where(
-                    schema.refresh_tokens.c.sid == sid
-                )
-            ).scalars()
-            self._revoke_families(conn, sorted(set(families)))
-            conn.execute(
-                sa.update(schema.tokens).where(schema.tokens.c.sid == sid).values(revoked=True)
-            )
+            families_of_session = sa.select(refresh.c.family_id).where(refresh.c.sid == sid)
+            self._lock(conn, families=list(conn.execute(families_of_session).scalars()), sid=sid)
+            # After the locks: families saved meanwhile are visible now, and any saved later
+            # see the session ended (save_issued_tokens).
+            self._revoke_families(conn, sorted(set(conn.execute(families_of_session).scalars())))
+            conn.execute(sa.update(tokens).where(tokens.c.sid == sid).values(revoked=True))
             clients = conn.execute(
                 sa.select(schema.session_clients.c.client_id).where(
                     schema.session_clients.c.sid == sid

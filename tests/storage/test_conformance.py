@@ -282,6 +282,76 @@ def test_racing_client_syncs_leave_the_config_clients(store: Store) -> None:
     assert all(store.get_client(f"c{i}") is not None for i in range(3))
 
 
+# A revocation racing with the save of the tokens it must reach (the winner of a code
+# or refresh race saves a moment after it won; another instance logs the user out).
+# Whatever the interleaving, the saved tokens must end up revoked. Each race runs
+# several rounds because any one round hits the bad timing only sometimes.
+
+ROUNDS = 12
+
+
+def issued(name: str, family: str, code: str | None = None, sid: str | None = None) -> tuple[
+    TokenRecord, RefreshTokenRecord
+]:
+    access = TokenRecord(
+        digest(f"at-{name}"), "rp", "U", "openid", NOW, NOW + 60, 1,
+        sid=sid, family_id=family, code_digest=digest(code) if code else None,
+    )  # fmt: skip
+    refresh = dataclasses.replace(refresh_record(f"rt-{name}", family=family), sid=sid)
+    return access, refresh
+
+
+def assert_revoked(store: Store, access: TokenRecord, refresh: RefreshTokenRecord) -> None:
+    saved_access = store.get_token(access.token_digest)
+    saved_refresh = store.get_refresh_token(refresh.token_digest)
+    assert saved_access is not None and saved_access.revoked
+    assert saved_refresh is not None and saved_refresh.revoked
+
+
+def test_a_code_replay_racing_the_winners_save_revokes_what_it_saves(store: Store) -> None:
+    for n in range(ROUNDS):
+        code = f"raced-code-{n}"
+        store.save_code(code_record(code))
+        assert store.consume_code(digest(code), NOW) is not None  # the winner
+        access, refresh = issued(f"code-{n}", f"code-fam-{n}", code=code)
+        race(
+            lambda i, a=access, r=refresh, c=code: store.save_issued_tokens(a, r)
+            if i == 0
+            else store.revoke_tokens_of_code(digest(c)),
+            racers=2,
+        )
+        assert_revoked(store, access, refresh)
+
+
+def test_a_refresh_reuse_racing_the_winners_save_revokes_what_it_saves(store: Store) -> None:
+    for n in range(ROUNDS):
+        family = f"reuse-fam-{n}"
+        store.save_refresh_token(refresh_record(f"first-{n}", family=family))
+        assert store.rotate_refresh_token(digest(f"first-{n}"), NOW) is not None
+        access, refresh = issued(f"reuse-{n}", family)
+        race(
+            lambda i, a=access, r=refresh, f=family: store.save_issued_tokens(a, r)
+            if i == 0
+            else store.revoke_family(f),
+            racers=2,
+        )
+        assert_revoked(store, access, refresh)
+
+
+def test_a_logout_racing_a_token_save_revokes_what_it_saves(store: Store) -> None:
+    for n in range(ROUNDS):
+        sid = f"raced-sid-{n}"
+        store.create_session(SessionRecord(sid, digest(f"cookie-{n}"), "U", 1, NOW + 600))
+        access, refresh = issued(f"logout-{n}", f"logout-fam-{n}", sid=sid)
+        race(
+            lambda i, a=access, r=refresh, s=sid: store.save_issued_tokens(a, r)
+            if i == 0
+            else store.end_session(s),
+            racers=2,
+        )
+        assert_revoked(store, access, refresh)
+
+
 # --------------------------------------------------------------------------- expiry
 
 
@@ -391,6 +461,7 @@ STORE_CALLS: list[tuple[str, tuple[object, ...]]] = [
     ("consume_code", ("d", NOW)),
     ("code_was_used", ("d",)),
     ("save_token", (TokenRecord("d", "rp", "U", "openid", 0, 1, 0),)),
+    ("save_issued_tokens", (TokenRecord("d", "rp", "U", "openid", 0, 1, 0), None)),
     ("get_token", ("d",)),
     ("revoke_access_token", ("d",)),
     ("revoke_tokens_of_code", ("d",)),
