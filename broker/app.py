@@ -14,7 +14,7 @@ from broker.config import PRODUCTION_QQ_BASE_URL, Config
 from broker.connectors.base import Connector
 from broker.connectors.qq import QQConnector
 from broker.housekeeping import Housekeeper, Job
-from broker.keys import KeyRing, load_or_create_secret
+from broker.keys import KeyRing
 from broker.logs import install_redaction
 from broker.oidc.models import Client
 from broker.oidc.provider import Provider
@@ -48,13 +48,10 @@ def create_app(
     """Build the broker. ``connector`` and ``store`` are injectable for tests of other upstreams;
     ``rate_limits`` replaces the default limits (tests use small ones). Whether limits apply
     and where they are counted stays ``config.rate_limits``."""
-    keyring = KeyRing.load_or_create(config.keys.dir, config.keys.algorithms)
-    secret_key = config.secret_key or load_or_create_secret(config.keys.dir, "secret_key").hex()
-    salt = (
-        config.pairwise_salt.encode()
-        if config.pairwise_salt
-        else load_or_create_secret(config.keys.dir, "pairwise_salt")
-    )
+    # keys.storage: files loads keys first, as it always did (a broken key file is reported
+    # before the database is touched); database mode needs the schema they live in.
+    in_files = config.keys.storage == "files"
+    keyring = KeyRing.from_config(config.keys, config.lifetimes) if in_files else None
     store = store or SQLStore(
         config.storage.url,
         pool_size=config.storage.pool_size,
@@ -62,12 +59,19 @@ def create_app(
     )
     _prepare_schema(store, config.storage.auto_upgrade)
     store.sync_clients([_client_record(c) for c in config.clients])
+    keyring = keyring or KeyRing.from_config(config.keys, config.lifetimes, store)
+    secret_key = config.secret_key or keyring.shared_secret("secret_key").hex()
+    salt = (
+        config.pairwise_salt.encode()
+        if config.pairwise_salt
+        else keyring.shared_secret("pairwise_salt")
+    )
     qq = config.upstream.qq
     connector = connector or QQConnector(
         app_id=qq.app_id, app_key=qq.app_key, base_url=qq.base_url, scope=qq.scope
     )
     clients = {c.client_id: Client(c) for c in config.clients}
-    token_key = load_or_create_secret(config.keys.dir, "upstream_token_key")
+    token_key = keyring.shared_secret("upstream_token_key")
     ctx = ProviderContext(
         config=config,
         store=store,
@@ -94,7 +98,10 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["qq_oidc_broker"] = Provider(ctx, connector)
     housekeeper = Housekeeper(
-        [Job("purge", config.storage.purge_interval, store.purge_expired)],
+        [
+            Job("purge", config.storage.purge_interval, store.purge_expired),
+            _key_rotation_job(config, keyring),
+        ],
     )
     housekeeper.start()
     app.extensions["qq_oidc_broker.housekeeper"] = housekeeper
@@ -114,6 +121,14 @@ def create_app(
         config.server.trusted_proxies,
     )
     return app
+
+
+def _key_rotation_job(config: Config, keyring: KeyRing) -> Job:
+    """Scheduled rotation (off with ``keys.rotation.interval: 0``): every instance checks,
+    often enough to catch its turn well within ``publish_ahead``; the ring's lock or
+    lease makes sure only one creates the next key."""
+    interval = min(60, config.keys.refresh_interval) if config.keys.rotation_interval else 0
+    return Job("rotate-keys", interval, keyring.rotate_if_due)
 
 
 def _prepare_schema(store: Store, auto_upgrade: bool) -> None:

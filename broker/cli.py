@@ -7,6 +7,7 @@ failure the operator can fix is one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import secrets
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         _config_option(action)
         action.add_argument("--json", action="store_true", help="machine-readable output")
         action.set_defaults(handler=handler)
+    _add_keys_commands(commands)
 
     dev = commands.add_parser("dev", help="broker + QQ emulator + demo relying party on 127.0.0.1")
     dev.add_argument("--port", type=int, default=8000, help="broker port [8000]")
@@ -197,14 +199,157 @@ def cmd_db_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_keys_commands(commands: Any) -> None:
+    keys = commands.add_parser("keys", help="signing keys: list, rotate, withdraw")
+    actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="show every signing key and its state")
+    rotate = actions.add_parser(
+        "rotate",
+        help="schedule the next key of each algorithm: published now, signing after "
+        "keys.rotation.publish_ahead",
+    )
+    retire_help = (
+        "withdraw a key at once (e.g. a leaked key): it leaves /jwks.json immediately, so "
+        "relying parties holding tokens signed by it will reject them"
+    )
+    retire = actions.add_parser("retire", help=retire_help, description=retire_help)
+    retire.add_argument(
+        "kid",
+        help="the key's kid, or a unique prefix of 8+ characters (a kid may start with '-': "
+        "write `keys retire -- KID` then)",
+    )
+    retire.add_argument(
+        "--force",
+        action="store_true",
+        help="also when it is the key signing now and no next key is scheduled: a new key "
+        "then signs at once, before relying parties have fetched it",
+    )
+    handlers = ((listing, cmd_keys_list), (rotate, cmd_keys_rotate), (retire, cmd_keys_retire))
+    for action, handler in handlers:
+        _config_option(action)
+        action.add_argument("--json", action="store_true", help="machine-readable output")
+        action.set_defaults(handler=handler)
+
+
+def _key_call(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a key operation; what an operator must fix becomes one line (exit 2)."""
+    from broker.keys import KeyStoreError
+    from broker.storage import StorageError
+
+    try:
+        return function(*args, **kwargs)
+    except KeyStoreError as err:
+        raise UsageError(str(err)) from err
+    except StorageError as err:
+        raise UsageError(f"storage.url: {err}") from err
+
+
+def _open_keyring(args: argparse.Namespace) -> Any:
+    """The key ring as the config says (keys.dir, or the database), creating nothing."""
+    from broker.keys import KeyRing
+
+    config = _load(args)
+    store = None
+    if config.keys.storage == "database":
+        store = _open_store(config)
+        current, head = _storage_call(store.schema_revision)
+        if current != head:
+            raise UsageError(
+                f"the database schema is at revision {current or 'none (empty database)'}, "
+                f"this version needs {head}: run `qq-oidc-broker db upgrade`"
+            )
+    return _key_call(KeyRing.from_config, config.keys, config.lifetimes, store, create=False)
+
+
+def _when(timestamp: int | None) -> str:
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    ring = _open_keyring(args)
+    now = int(time.time())
+    statuses = ring.statuses(now)
+    rows = [
+        {
+            "kid": s.key.kid,
+            "alg": s.key.alg,
+            "state": s.state,
+            "published": s.published,
+            "created_at": s.key.created_at,
+            "activates_at": s.key.activates_at,
+            "retired_at": s.key.retired_at,
+            "unpublish_at": s.unpublish_at,
+        }
+        for s in statuses
+    ]
+    lines = [
+        f"{row['alg']:<6} {row['state']:<9} {row['kid']}  created {_when(row['created_at'])}"
+        f"  signs from {_when(row['activates_at'])}  unpublished {_when(row['unpublish_at'])}"
+        for row in rows
+    ]
+    signing = {s.key.alg for s in statuses if s.state == "active"}
+    lines += [f"{alg}: no signing key yet" for alg in ring.algorithms if alg not in signing]
+    _report(args, {"now": now, "keys": rows}, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    ring = _open_keyring(args)
+    now = int(time.time())
+    rotations = _key_call(ring.rotate, now)
+    lines = []
+    for r in rotations:
+        wait = f"{_when(r.activates_at)} (in {r.activates_at - now} s)"
+        if not r.created:
+            lines.append(f"{r.alg}: next key {r.kid} is already scheduled to sign from {wait}")
+        elif r.activates_at <= now:
+            lines.append(f"{r.alg}: new key {r.kid} signs from now (there was no usable key)")
+        else:
+            lines.append(
+                f"{r.alg}: new key {r.kid} is published now and signs from {wait}; the "
+                "current key stays published until the tokens it signed have expired"
+            )
+    _report(args, {"keys": [dataclasses.asdict(r) for r in rotations]}, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_keys_retire(args: argparse.Namespace) -> int:
+    ring = _open_keyring(args)
+    now = int(time.time())
+    done = _key_call(ring.retire, args.kid, now, force=args.force)
+    key, successor = done.key, done.successor
+    if done.already:
+        text = f"{key.kid} ({key.alg}) was already withdrawn"
+    else:
+        text = (
+            f"withdrew {key.kid} ({key.alg}): it is no longer published, and relying parties "
+            "reject the tokens it signed"
+        )
+        if done.replacement is not None:
+            text += f"; new key {done.replacement.kid} signs {key.alg} from now"
+        elif successor is not None and successor.activates_at > now:
+            text += f"; {successor.kid} signs {key.alg} from now, earlier than scheduled"
+    data = {
+        "kid": key.kid,
+        "alg": key.alg,
+        "already_withdrawn": done.already,
+        "signing_kid": successor.kid if successor else None,
+        "replacement_kid": done.replacement.kid if done.replacement else None,
+    }
+    _report(args, data, text)
+    return EXIT_OK
+
+
 def _build_app(config: Config) -> Any:
     from broker.app import create_app
-    from broker.keys import KeyFileError
+    from broker.keys import KeyStoreError
     from broker.storage import StorageError
 
     try:
         return create_app(config)
-    except (KeyFileError, StorageError) as err:
+    except (KeyStoreError, StorageError) as err:
         raise UsageError(str(err)) from err
 
 

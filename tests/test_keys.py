@@ -26,6 +26,7 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from broker.keys import (
     LOCK_NAME,
+    MANIFEST_NAME,
     SUPPORTED_ALGORITHMS,
     AlgorithmNotLoadedError,
     KeyFileError,
@@ -392,7 +393,8 @@ def test_concurrent_first_starts_generate_one_key_per_algorithm(tmp_path: Path) 
     final = KeyRing.load_or_create(tmp_path / "keys", ALL)
     assert tuple(final.signing_key(alg).kid for alg in ALL) == kids.pop()
     names = sorted(p.name for p in (tmp_path / "keys").iterdir())
-    assert names == sorted([LOCK_NAME, "eddsa.pem", "es256.pem", "rs256.pem", "pairwise_salt"])
+    expected = [LOCK_NAME, MANIFEST_NAME, "eddsa.pem", "es256.pem", "rs256.pem", "pairwise_salt"]
+    assert names == sorted(expected)
 
 
 # --------------------------------------------------------------------------- secrets

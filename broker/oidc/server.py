@@ -13,6 +13,7 @@ from authlib.oauth2.rfc6749 import OAuth2Request
 from authlib.oauth2.rfc6750 import BearerTokenGenerator, BearerTokenValidator
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.core import UserInfoEndpoint
+from flask import g, has_request_context
 
 from broker.config import Config
 from broker.keys import KeyRing, SigningKey
@@ -46,10 +47,19 @@ class ProviderContext:
 
     def signing_key_for(self, client: Client) -> SigningKey:
         """The key for everything signed for this client (ID, access and logout tokens):
-        its ``id_token_signed_response_alg``, else ``keys.algorithm``."""
-        return self.keyring.signing_key(
-            client.id_token_signed_response_alg or self.config.keys.algorithm
-        )
+        its ``id_token_signed_response_alg``, else ``keys.algorithm``.
+
+        Pinned for the rest of the request: Authlib asks for the header (``kid``) and the
+        key separately, and a rotation boundary between the two calls would otherwise
+        put one key's ``kid`` on another key's signature.
+        """
+        alg = client.id_token_signed_response_alg or self.config.keys.algorithm
+        if not has_request_context():
+            return self.keyring.signing_key(alg)
+        pinned: dict[str, SigningKey] = g.setdefault("broker_signing_keys", {})
+        if alg not in pinned:
+            pinned[alg] = self.keyring.signing_key(alg)
+        return pinned[alg]
 
     def can_name(self, principal: ClientUser) -> bool:
         """Whether this client's subject strategy yields a ``sub`` for this user."""

@@ -69,7 +69,10 @@ def discovery() -> Response:
 @bp.get("/jwks.json")
 def jwks() -> Response:
     response = jsonify(provider().jwks())
-    response.headers["Cache-Control"] = "public, max-age=300"
+    # Key rotation publishes a new key keys.rotation.publish_ahead (>= this max-age plus
+    # the instances' refresh interval) before it signs: RPs caching this long stay safe.
+    max_age = provider().ctx.config.keys.jwks_max_age
+    response.headers["Cache-Control"] = f"public, max-age={max_age}"
     response.headers["Access-Control-Allow-Origin"] = "*"
     return response
 
