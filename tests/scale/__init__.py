@@ -1,0 +1,1 @@
+"""Several broker processes on one PostgreSQL: any instance serves any step, nothing is lost."""
