@@ -684,6 +684,7 @@ class Cluster:
         pool_size: int = 4,
         max_overflow: int = 4,
         lifetimes: dict[str, int] | None = None,
+        keys: dict[str, Any] | None = None,
         user: str = "zhangsan",
     ) -> None:
         if instances < 1:
@@ -699,6 +700,7 @@ class Cluster:
         self.pool_size = pool_size
         self.max_overflow = max_overflow
         self.lifetimes = dict(lifetimes or {})
+        self.keys = dict(keys or {})  # more keys.* settings (jwks_max_age, rotation)
         self.user = user
         self.client = RegisteredClient(
             client_id="rp-scale",
@@ -783,6 +785,20 @@ class Cluster:
         self.emulator.reset()
         self.emulator.control(auto_login=self.user)
 
+    def cli(self, *args: str, index: int = 0) -> subprocess.CompletedProcess[str]:
+        """Run ``qq-oidc-broker ARGS --config <the cluster's config>`` as instance
+        ``index``'s operator would (its environment, its keys directory)."""
+        broker = self.brokers[index]
+        return subprocess.run(
+            [sys.executable, "-m", "broker", *args, "--config", str(broker.config)],
+            cwd=broker.config.parent,
+            env=self._env(index, broker.port),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
     def _env(self, index: int, port: int) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if key != "BROKER_CONFIG"}
         env.update(
@@ -806,6 +822,7 @@ class Cluster:
         keys = ["keys:", "  dir: ${BROKER_KEYS_DIR}"]
         if self.key_mode == "database":
             keys += ["  storage: database", "  encryption_key: ${BROKER_KEY_ENCRYPTION_KEY}"]
+        keys += [f"  {name}: {json.dumps(value)}" for name, value in self.keys.items()]
         lifetimes = ["lifetimes:", *(f"  {k}: {v}" for k, v in self.lifetimes.items())]
         lines = [
             f"issuer: {self.issuer}",
