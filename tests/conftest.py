@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import requests
 from broker.app import create_app
 from broker.config import Config, parse_config
 from broker.emulator import EmulatorSettings, create_emulator_app
-from tests.servers import ServedApp, free_port, serve
+from tests.servers import Emulator, ServedApp, free_port, serve
 
 APP_ID = "101000001"
 RP = "http://127.0.0.1:9"  # relying-party redirect URIs: parsed by tests, never followed
@@ -98,35 +98,6 @@ def broker_config(
     }
     data.update(overrides)
     return parse_config(data, source="<test>", base_dir=base_dir)
-
-
-@dataclass
-class Emulator:
-    """Test handle on a running QQ emulator: control, request log, users."""
-
-    served: ServedApp
-    http: requests.Session = field(default_factory=requests.Session)
-
-    @property
-    def url(self) -> str:
-        return self.served.url
-
-    def control(self, **settings: Any) -> None:
-        self.http.post(f"{self.url}/_emulator/control", json=settings, timeout=5).raise_for_status()
-
-    def reset(self) -> None:
-        self.http.post(f"{self.url}/_emulator/reset", timeout=5).raise_for_status()
-
-    def requests(self) -> list[dict[str, Any]]:
-        logged: list[dict[str, Any]] = self.http.get(
-            f"{self.url}/_emulator/requests", timeout=5
-        ).json()
-        return logged
-
-    def user(self, user_id: str) -> dict[str, Any]:
-        users = self.http.get(f"{self.url}/_emulator/users", timeout=5).json()
-        listed = users["users"] if isinstance(users, dict) else users
-        return next(u for u in listed if u["id"] == user_id)
 
 
 @dataclass

@@ -10,9 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import requests
 from waitress.server import create_server
 
 
@@ -68,3 +69,39 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass
+class Emulator:
+    """Test handle on a running QQ emulator: control, request log, users."""
+
+    served: ServedApp
+    http: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def url(self) -> str:
+        return self.served.url
+
+    def control(self, **settings: Any) -> dict[str, Any]:
+        """Merge ``settings`` into the emulator's control state; returns the new state."""
+        response = self.http.post(f"{self.url}/_emulator/control", json=settings, timeout=5)
+        response.raise_for_status()
+        merged: dict[str, Any] = response.json()
+        return merged
+
+    def reset(self) -> None:
+        self.http.post(f"{self.url}/_emulator/reset", timeout=5).raise_for_status()
+
+    def clear_requests(self) -> None:
+        self.http.delete(f"{self.url}/_emulator/requests", timeout=5).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        logged: list[dict[str, Any]] = self.http.get(
+            f"{self.url}/_emulator/requests", timeout=5
+        ).json()
+        return logged
+
+    def user(self, user_id: str) -> dict[str, Any]:
+        users = self.http.get(f"{self.url}/_emulator/users", timeout=5).json()
+        listed = users["users"] if isinstance(users, dict) else users
+        return next(u for u in listed if u["id"] == user_id)

@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -50,14 +50,13 @@ import requests
 
 from broker.emulator import EmulatorSettings, create_emulator_app
 from tests.pg import fresh_schema
-from tests.servers import ServedApp, serve
+from tests.servers import Emulator, serve
 
 __all__ = [
     "APP_ID",
     "Balancer",
     "BrokerProcess",
     "Cluster",
-    "EmulatorHandle",
     "Hop",
     "KeyMode",
     "Login",
@@ -616,40 +615,6 @@ class BrokerProcess:
 # --------------------------------------------------------------------------- emulator
 
 
-@dataclass
-class EmulatorHandle:
-    """The in-process QQ emulator, steered over its HTTP control plane."""
-
-    served: ServedApp
-    http: requests.Session = field(default_factory=requests.Session)
-
-    @property
-    def url(self) -> str:
-        return self.served.url
-
-    def control(self, **settings: Any) -> dict[str, Any]:
-        response = self.http.post(f"{self.url}/_emulator/control", json=settings, timeout=5)
-        response.raise_for_status()
-        merged: dict[str, Any] = response.json()
-        return merged
-
-    def reset(self) -> None:
-        self.http.post(f"{self.url}/_emulator/reset", timeout=5).raise_for_status()
-
-    def clear_requests(self) -> None:
-        self.http.delete(f"{self.url}/_emulator/requests", timeout=5).raise_for_status()
-
-    def requests(self) -> list[dict[str, Any]]:
-        logged: list[dict[str, Any]] = self.http.get(
-            f"{self.url}/_emulator/requests", timeout=5
-        ).json()
-        return logged
-
-    def user(self, user_id: str) -> dict[str, Any]:
-        listed = self.http.get(f"{self.url}/_emulator/users", timeout=5).json()
-        return next(user for user in listed if user["id"] == user_id)
-
-
 # --------------------------------------------------------------------------- cluster
 
 
@@ -734,7 +699,7 @@ class Cluster:
         settings = EmulatorSettings(
             app_id=APP_ID, app_key=self.app_key, callbacks=[f"{self.issuer}/qq/callback"]
         )
-        self.emulator = EmulatorHandle(serve(create_emulator_app(settings)))
+        self.emulator = Emulator(serve(create_emulator_app(settings)))
         stack.callback(self.emulator.served.stop)
         schema_url = stack.enter_context(fresh_schema("scale"))
         target = urlsplit(schema_url)

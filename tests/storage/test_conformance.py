@@ -301,7 +301,12 @@ def issued(name: str, family: str, code: str | None = None, sid: str | None = No
     return access, refresh
 
 
-def assert_revoked(store: Store, access: TokenRecord, refresh: RefreshTokenRecord) -> None:
+def save_racing(
+    store: Store, access: TokenRecord, refresh: RefreshTokenRecord, revoke: Callable[[], object]
+) -> None:
+    """Save one token response while ``revoke`` runs on another thread; both must end
+    revoked, whichever got there first."""
+    race(lambda i: store.save_issued_tokens(access, refresh) if i == 0 else revoke(), racers=2)
     saved_access = store.get_token(access.token_digest)
     saved_refresh = store.get_refresh_token(refresh.token_digest)
     assert saved_access is not None and saved_access.revoked
@@ -314,13 +319,7 @@ def test_a_code_replay_racing_the_winners_save_revokes_what_it_saves(store: Stor
         store.save_code(code_record(code))
         assert store.consume_code(digest(code), NOW) is not None  # the winner
         access, refresh = issued(f"code-{n}", f"code-fam-{n}", code=code)
-        race(
-            lambda i, a=access, r=refresh, c=code: store.save_issued_tokens(a, r)
-            if i == 0
-            else store.revoke_tokens_of_code(digest(c)),
-            racers=2,
-        )
-        assert_revoked(store, access, refresh)
+        save_racing(store, access, refresh, lambda c=code: store.revoke_tokens_of_code(digest(c)))
 
 
 def test_a_refresh_reuse_racing_the_winners_save_revokes_what_it_saves(store: Store) -> None:
@@ -329,13 +328,7 @@ def test_a_refresh_reuse_racing_the_winners_save_revokes_what_it_saves(store: St
         store.save_refresh_token(refresh_record(f"first-{n}", family=family))
         assert store.rotate_refresh_token(digest(f"first-{n}"), NOW) is not None
         access, refresh = issued(f"reuse-{n}", family)
-        race(
-            lambda i, a=access, r=refresh, f=family: store.save_issued_tokens(a, r)
-            if i == 0
-            else store.revoke_family(f),
-            racers=2,
-        )
-        assert_revoked(store, access, refresh)
+        save_racing(store, access, refresh, lambda f=family: store.revoke_family(f))
 
 
 def test_a_logout_racing_a_token_save_revokes_what_it_saves(store: Store) -> None:
@@ -343,13 +336,7 @@ def test_a_logout_racing_a_token_save_revokes_what_it_saves(store: Store) -> Non
         sid = f"raced-sid-{n}"
         store.create_session(SessionRecord(sid, digest(f"cookie-{n}"), "U", 1, NOW + 600))
         access, refresh = issued(f"logout-{n}", f"logout-fam-{n}", sid=sid)
-        race(
-            lambda i, a=access, r=refresh, s=sid: store.save_issued_tokens(a, r)
-            if i == 0
-            else store.end_session(s),
-            racers=2,
-        )
-        assert_revoked(store, access, refresh)
+        save_racing(store, access, refresh, lambda s=sid: store.end_session(s))
 
 
 # --------------------------------------------------------------------------- expiry
