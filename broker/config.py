@@ -230,6 +230,26 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics: on their own port (``port``), and/or at ``/metrics`` on the main
+    port for requests bearing ``token``. Neither set: no metrics endpoint at all."""
+
+    port: int = 0  # 0: no separate listener
+    host: str = "127.0.0.1"
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """``format: json`` writes one JSON object per line; ``text`` is for people at a terminal.
+    OpenIDs are logged as a keyed hash unless ``log_identifiers`` (debugging only)."""
+
+    format: str = "text"
+    level: str = "INFO"
+    log_identifiers: bool = False
+
+
+@dataclass(frozen=True)
 class RateLimitConfig:
     enabled: bool = True
     storage: str = field(default="memory", repr=False)  # a redis:// URL may carry a password
@@ -294,6 +314,8 @@ class Config:
     claims: ClaimsConfig
     clients: tuple[ClientConfig, ...]
     pairwise_salt: str | None = field(default=None, repr=False)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     source: str = "<config>"
 
     @cached_property
@@ -856,6 +878,8 @@ _TOP_KEYS: Final = (
     "keys",
     "upstream",
     "rate_limits",
+    "metrics",
+    "logging",
     "lifetimes",
     "claims",
     "clients",
@@ -909,6 +933,8 @@ def _build_config(ctx: _Context, data: Any) -> Config:
         keys=keys,
         upstream=upstream,
         rate_limits=_rate_limits(top.section("rate_limits", ("enabled", "storage"))),
+        metrics=_metrics(top.section("metrics", ("port", "host", "token"))),
+        logging=_logging(top.section("logging", ("format", "level", "log_identifiers"))),
         lifetimes=_lifetimes(top.section("lifetimes", tuple(LifetimesConfig.__annotations__))),
         claims=_claims(top.section("claims", ("picture", "gender", "email_domain"))),
         clients=_clients(top, keys, production),
@@ -1165,6 +1191,29 @@ def _rate_limits(section: _Section) -> RateLimitConfig:
             "such as redis://127.0.0.1:6379/0",
         )
     return RateLimitConfig(enabled=section.boolean("enabled", True), storage=storage)
+
+
+def _metrics(section: _Section) -> MetricsConfig:
+    token = section.optional_str("token", secret=True)
+    if token is not None and len(token) < 16:
+        raise section.error("token", "must be at least 16 random characters (a bearer token)")
+    return MetricsConfig(
+        port=section.integer("port", 0, minimum=0, maximum=65535),
+        host=section.str_or("host", "127.0.0.1"),
+        token=token,
+    )
+
+
+LOG_FORMATS: Final = ("text", "json")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _logging(section: _Section) -> LoggingConfig:
+    return LoggingConfig(
+        format=section.choice("format", "text", LOG_FORMATS),
+        level=section.choice("level", "INFO", LOG_LEVELS),
+        log_identifiers=section.boolean("log_identifiers", False),
+    )
 
 
 def _is_redis_url(value: str) -> bool:
