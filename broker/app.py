@@ -12,16 +12,20 @@ from flask import Flask, Response, g, request
 
 from broker.config import PRODUCTION_QQ_BASE_URL, Config
 from broker.connectors.base import Connector
-from broker.connectors.qq import QQConnector
+from broker.connectors.registry import connector_from_config
 from broker.housekeeping import Housekeeper, Job
 from broker.keys import KeyRing
-from broker.logs import install_redaction
-from broker.oidc.models import Client
+from broker.logs import LoginLog, install_redaction, install_request_logging
+from broker.metrics import MeteredConnector, Metrics, install_metrics_endpoint
+from broker.oidc.avatars import SECRET_NAME as AVATAR_SECRET_NAME
+from broker.oidc.avatars import AvatarHosts, AvatarUrls
 from broker.oidc.provider import Provider
+from broker.oidc.registry import ClientDirectory
 from broker.oidc.server import ProviderContext
 from broker.oidc.upstream import UpstreamSessions
 from broker.storage import ClientRecord, SQLStore, StorageError, Store
 from broker.storage.base import digest
+from broker.web.avatar import install_avatar_proxy
 from broker.web.errors import register_error_handlers
 from broker.web.proxies import trust_forwarded_for
 from broker.web.ratelimit import RateLimits, install_rate_limiter
@@ -66,20 +70,25 @@ def create_app(
         if config.pairwise_salt
         else keyring.shared_secret("pairwise_salt")
     )
-    qq = config.upstream.qq
-    connector = connector or QQConnector(
-        app_id=qq.app_id, app_key=qq.app_key, base_url=qq.base_url, scope=qq.scope
-    )
-    clients = {c.client_id: Client(c) for c in config.clients}
+    # upstream.connector names an entry point (default qq); a bad one is a ConfigError line.
+    connector = connector or connector_from_config(config)
+    metrics = Metrics(keyring)
+    connector = MeteredConnector(connector, metrics)
     token_key = keyring.shared_secret("upstream_token_key")
+    avatars = _avatar_urls(config, keyring)
     ctx = ProviderContext(
         config=config,
         store=store,
         keyring=keyring,
-        clients=clients,
+        # Config clients, then those added with `clients add` (read through a short cache).
+        clients=ClientDirectory(config, store),
         pairwise_salt=salt,
         upstream=UpstreamSessions(config, store, connector, token_key),
+        avatars=avatars,
+        metrics=metrics,
+        login_log=LoginLog(secret_key, raw_identifiers=config.logging.log_identifiers),
     )
+    metrics.recognise(ctx.clients)  # client_id labels: registered clients only
 
     for note in unenforced_settings(config):
         log.warning("%s", note)
@@ -105,13 +114,19 @@ def create_app(
     )
     housekeeper.start()
     app.extensions["qq_oidc_broker.housekeeper"] = housekeeper
+    app.extensions["qq_oidc_broker.metrics"] = metrics
     app.register_blueprint(bp)
+    if avatars is not None:
+        install_avatar_proxy(app, avatars)
+    install_metrics_endpoint(app, metrics, config.metrics.token)
     register_error_handlers(app)
     app.before_request(_refuse_oversized_headers)
     app.before_request(_assign_request_id)
     # After the request id, so that a 429 page shows it.
     install_rate_limiter(app, config.rate_limits, rate_limits)
     app.after_request(add_security_headers)
+    # First in and last out of the hooks: one access line per request, X-Request-ID echoed.
+    install_request_logging(app, ctx.clients)
     # The trusted-proxy layer goes outside the issuer mount: the client address belongs to
     # the connection, so it is settled before anything else reads it, and every layer below
     # sees the same REMOTE_ADDR. It cannot weaken the Host check: it reads X-Forwarded-For
@@ -146,14 +161,21 @@ def _prepare_schema(store: Store, auto_upgrade: bool) -> None:
         )
 
 
+def _avatar_urls(config: Config, keyring: KeyRing) -> AvatarUrls | None:
+    """``claims.picture: proxy``: the sealer of ``picture`` URLs, keyed by a secret every
+    instance shares (a URL one instance hands out opens on all of them)."""
+    if config.claims.picture != "proxy":
+        return None
+    hosts = AvatarHosts.with_extra(config.claims.avatar_hosts)
+    return AvatarUrls(config.issuer, keyring.shared_secret(AVATAR_SECRET_NAME), hosts)
+
+
 def unenforced_settings(config: Config) -> list[str]:
     """Settings the config accepts that this version does not act on yet, said out loud.
 
     An operator who turns something on must not believe it works when it does not.
     """
     notes = []
-    if config.claims.picture == "proxy":
-        notes.append("claims.picture: proxy behaves as https until the avatar proxy exists")
     base_url = config.upstream.qq.base_url.lower().rstrip("/")
     if not config.is_development and base_url != PRODUCTION_QQ_BASE_URL:
         notes.append(f"upstream.qq.base_url: a staging twin ({config.upstream.qq.base_url})")
@@ -183,7 +205,8 @@ def _refuse_oversized_headers() -> Response | None:
 
 def _assign_request_id() -> None:
     supplied = request.headers.get("X-Request-ID", "")
-    ok = 0 < len(supplied) <= 64 and supplied.replace("-", "").isalnum()
+    # ASCII only: str.isalnum() also takes letters like "é" and digits like "²".
+    ok = 0 < len(supplied) <= 64 and supplied.isascii() and supplied.replace("-", "").isalnum()
     g.request_id = supplied if ok else secrets.token_hex(8)
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import secrets
+import shutil
 import sys
 import threading
 import time
@@ -46,19 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _configure_logging() -> None:
-    """INFO logs; the libraries that print secrets at DEBUG are held at INFO.
+def _configure_logging(settings: Any = None) -> None:
+    """Text logs at INFO, or ``settings`` (a LoggingConfig: ``serve`` passes the config's
+    once it is loaded); the libraries that print secrets at DEBUG are held at INFO.
 
     Authlib logs issued tokens at DEBUG and urllib3 logs request lines with
     their query (QQ's /me and get_user_info carry the QQ access token there).
     """
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("authlib", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.INFO)
-    # Alembic narrates every plugin and context at INFO; migrate.py logs what matters.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from broker.logs import configure_logging
+
+    if settings is None:
+        configure_logging()
+    else:
+        configure_logging(settings.format, settings.level)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
         action.add_argument("--json", action="store_true", help="machine-readable output")
         action.set_defaults(handler=handler)
     _add_keys_commands(commands)
+    _add_doctor_command(commands)
+    _add_admin_commands(commands)
 
     dev = commands.add_parser("dev", help="broker + QQ emulator + demo relying party on 127.0.0.1")
     dev.add_argument("--port", type=int, default=8000, help="broker port [8000]")
@@ -136,15 +139,59 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
-    app = _build_app(config)
-    from broker.serving import ServeError, serve
+    _configure_logging(config.logging)
+    metrics_dir = None
+    if config.server.workers > 1:
+        from broker.workers import prepare_metrics_dir
 
+        metrics_dir = prepare_metrics_dir()  # before prometheus_client is imported
+    from broker.metrics import MetricsSetupError
+    from broker.serving import ServeError
+
+    try:
+        app = _build_app(config)  # also migrates and makes keys: once, before any fork
+    except MetricsSetupError as err:
+        raise UsageError(f"metrics: {err}") from err
     log.info("qq-oidc-broker serving %s", config.issuer)
     try:
-        serve(app, config.server)  # returns after SIGTERM/SIGINT and a drain: exit 0
+        # Both return after SIGTERM/SIGINT and a drain: exit 0.
+        if config.server.workers > 1:
+            _release(app)
+            _serve_workers(config)
+        else:
+            _serve_app(app, config)
     except ServeError as err:
         raise UsageError(f"server: {err}") from err
+    finally:
+        if metrics_dir is not None:  # ours, not the operator's: the counters die with us
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return EXIT_OK
+
+
+def _serve_app(app: Any, config: Config, sock: Any = None, metrics_sock: Any = None) -> None:
+    from broker.serving import serve
+
+    side = None
+    if config.metrics.port:
+        metrics_app = app.extensions["qq_oidc_broker.metrics"].wsgi_app()
+        side = (metrics_app, config.metrics.host, config.metrics.port)
+    serve(app, config.server, metrics=side, sock=sock, metrics_sock=metrics_sock)
+
+
+def _serve_workers(config: Config) -> None:
+    from broker.workers import serve_workers
+
+    def worker(sock: Any, metrics_sock: Any) -> None:
+        _serve_app(_build_app(config), config, sock, metrics_sock)
+
+    serve_workers(config, worker)
+
+
+def _release(app: Any) -> None:
+    """The parent's app only proved the config works: stop its thread, close its pool,
+    so nothing of it crosses the fork."""
+    app.extensions["qq_oidc_broker.housekeeper"].stop()
+    app.extensions["qq_oidc_broker"].ctx.store.close()
 
 
 def _open_store(config: Config) -> Any:
@@ -199,6 +246,13 @@ def cmd_db_purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_admin_commands(commands: Any) -> None:
+    """``clients``, ``tokens``, ``users``: their arguments and logic live in broker/admin.py."""
+    from broker import admin
+
+    admin.add_commands(commands, _config_option)
+
+
 def _add_keys_commands(commands: Any) -> None:
     keys = commands.add_parser("keys", help="signing keys: list, rotate, withdraw")
     actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
@@ -229,6 +283,35 @@ def _add_keys_commands(commands: Any) -> None:
         _config_option(action)
         action.add_argument("--json", action="store_true", help="machine-readable output")
         action.set_defaults(handler=handler)
+
+
+def _add_doctor_command(commands: Any) -> None:
+    doctor = commands.add_parser(
+        "doctor", help="check a running deployment and QQ Connect; say what to fix (zh-CN, en)"
+    )
+    _config_option(doctor)
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor.add_argument("--lang", choices=("zh-CN", "en"), help="one language [both]")
+    doctor.add_argument(
+        "--access-token",
+        metavar="TOKEN",
+        help="a QQ access token of this app, to check the UnionID permission ('-': read stdin)",
+    )
+    doctor.set_defaults(handler=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Exit 0 when no check failed, 1 when one did; a bad config is exit 2 (main)."""
+    from broker import doctor
+
+    config = _load(args)
+    token = sys.stdin.readline().strip() if args.access_token == "-" else args.access_token
+    # The connector logs each QQ refusal; doctor reports it, so keep stderr for real errors.
+    logging.getLogger("broker.connectors.qq").setLevel(logging.ERROR)
+    results = doctor.run_checks(config, access_token=token or None)
+    langs = (args.lang,) if args.lang else doctor.LANGS
+    print(doctor.render_json(results) if args.json else doctor.render_text(results, langs))
+    return doctor.exit_status(results)
 
 
 def _key_call(function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -376,6 +459,7 @@ def dev_config(
                     "client_id": "demo",
                     "client_secret": demo_secret,
                     "redirect_uris": [f"http://127.0.0.1:{demo_port}/callback"],
+                    "post_logout_redirect_uris": [f"http://127.0.0.1:{demo_port}/logged-out"],
                 }
             ],
         },
@@ -403,7 +487,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
             unionid_enabled=True,  # the dev app has UnionID permission: try subject: unionid
         )
     )
-    demo = create_demo_app(config.issuer, "demo", demo_secret, config.clients[0].redirect_uris[0])
+    demo_client = config.clients[0]
+    demo = create_demo_app(
+        config.issuer,
+        "demo",
+        demo_secret,
+        demo_client.redirect_uris[0],
+        post_logout_redirect_uri=demo_client.post_logout_redirect_uris[0],
+    )
     # Bind every port before saying anything, so a taken port is one clear line.
     servers = [
         _bind(_build_app(config), args.port, "--port"),

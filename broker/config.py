@@ -42,6 +42,7 @@ __all__ = [
     "DEFAULT_CONFIG_NAME",
     "PRODUCTION_QQ_BASE_URL",
     "SIGNING_ALGORITHMS",
+    "UNUSED_QQ",
     "ClaimsConfig",
     "ClientConfig",
     "Config",
@@ -56,6 +57,7 @@ __all__ = [
     "is_loopback_host",
     "is_loopback_url",
     "load_config",
+    "parse_client",
     "parse_config",
     "resolve_config_path",
 ]
@@ -118,6 +120,7 @@ _URL_WITH_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _RELATIVE_SQLITE = re.compile(r"(?P<prefix>sqlite(?:\+[A-Za-z0-9_]+)?:///)(?P<rest>[^/].*)")
 _CLIENT_ID = re.compile(r"[\x21-\x7e]{1,255}")
 _SCOPE = re.compile(r"[A-Za-z0-9_, ]+")
+_CONNECTOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _DOMAIN = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
@@ -170,6 +173,9 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     threads: int = 32  # QQ calls are I/O-bound: slow upstream logins must not starve /token
+    #: Processes ``serve`` runs on one port (broker/workers.py): threads cover QQ's latency,
+    #: workers the cores (the GIL runs one process's Python on one core at a time).
+    workers: int = 1
     #: SIGTERM stops accepting, then waits this long for in-flight requests before exiting.
     shutdown_timeout: int = 30
     #: Proxies (IP addresses or CIDR networks) whose X-Forwarded-For is believed.
@@ -226,7 +232,23 @@ class QQConfig:
 
 @dataclass(frozen=True)
 class UpstreamConfig:
+    """``connector`` names the upstream connector, an entry point of the group
+    ``qq_oidc_broker.connectors`` (broker.connectors.registry); ``qq`` is the built-in one.
+
+    ``qq`` is ``upstream.qq``, validated as always. With another connector it is optional
+    (only its ``subject`` still applies) and, when absent, :data:`UNUSED_QQ`. ``options`` is
+    ``upstream.<connector>`` for a non-QQ connector: free-form with ``${VAR}`` expanded,
+    validated by the connector's factory at start-up, and kept out of ``repr`` (secrets).
+    """
+
     qq: QQConfig
+    connector: str = "qq"
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+#: ``upstream.qq`` for a non-QQ connector configured without one: the defaults (subject
+#: ``openid``) with no app. Nothing builds a QQ connector from it.
+UNUSED_QQ: Final = QQConfig(app_id="", app_key="")
 
 
 @dataclass(frozen=True)
@@ -270,9 +292,13 @@ class LifetimesConfig:
 
 @dataclass(frozen=True)
 class ClaimsConfig:
+    """``avatar_hosts``: extra ``host:port`` pairs the avatar proxy may fetch from,
+    loopback addresses included; development only (the emulator serves avatars)."""
+
     picture: str = "https"
     gender: bool = False
     email_domain: str = "qq-user.invalid"
+    avatar_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -375,6 +401,21 @@ def parse_config(
     root = Path.cwd() if base_dir is None else base_dir
     ctx = _Context(source=source, lines={}, environ=environ, base_dir=Path(os.path.abspath(root)))
     return _build_config(ctx, data)
+
+
+def parse_client(
+    data: Mapping[str, Any], config: Config, *, source: str = "<client>"
+) -> ClientConfig:
+    """Validate one client mapping exactly as an entry of ``clients`` in ``config`` would be.
+
+    Clients kept in the database (``qq-oidc-broker clients add``) pass the same rules as
+    configured ones (keys, URIs, methods, secrets, the production checks and the published
+    algorithms of ``config``), so the command line can never register a client that the
+    config file would refuse. There is no environment here (``${VAR}`` names no variable).
+    Errors name ``source`` and the client key (``redirect_uris[0]: ...``).
+    """
+    ctx = _Context(source=source, lines={}, environ={}, base_dir=Path.cwd())
+    return _client(_Section(ctx, (), data, _CLIENT_KEYS), config.keys, not config.is_development)
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -905,7 +946,14 @@ _CLIENT_KEYS: Final = (
 )
 
 
-_SERVER_KEYS: Final = ("host", "port", "threads", "shutdown_timeout", "trusted_proxies")
+_SERVER_KEYS: Final = (
+    "host",
+    "port",
+    "threads",
+    "workers",
+    "shutdown_timeout",
+    "trusted_proxies",
+)
 _STORAGE_KEYS: Final = ("url", "auto_upgrade", "pool_size", "max_overflow", "purge_interval")
 _KEYS_KEYS: Final = (
     "dir",
@@ -936,7 +984,10 @@ def _build_config(ctx: _Context, data: Any) -> Config:
         metrics=_metrics(top.section("metrics", ("port", "host", "token"))),
         logging=_logging(top.section("logging", ("format", "level", "log_identifiers"))),
         lifetimes=_lifetimes(top.section("lifetimes", tuple(LifetimesConfig.__annotations__))),
-        claims=_claims(top.section("claims", ("picture", "gender", "email_domain"))),
+        claims=_claims(
+            top.section("claims", ("picture", "gender", "email_domain", "avatar_hosts")),
+            production,
+        ),
         clients=_clients(top, keys, production),
         pairwise_salt=_pairwise_salt(top, production),
         source=ctx.source,
@@ -949,6 +1000,7 @@ def _server(section: _Section) -> ServerConfig:
         host=section.str_or("host", defaults.host),
         port=section.integer("port", defaults.port, minimum=1, maximum=65535),
         threads=section.integer("threads", defaults.threads, minimum=1, maximum=1024),
+        workers=section.integer("workers", defaults.workers, minimum=1, maximum=64),
         shutdown_timeout=section.integer(
             "shutdown_timeout", defaults.shutdown_timeout, minimum=0, maximum=3600
         ),
@@ -1131,9 +1183,65 @@ def _check_encryption_key(section: _Section, value: str | None) -> None:
 def _upstream(top: _Section, production: bool) -> UpstreamConfig:
     if not top.present("upstream"):
         raise top.error("upstream", "is required (upstream.qq with app_id and app_key)")
-    upstream = top.section("upstream", ("qq",))
+    name = _connector_name(top)
+    if name != "qq":
+        upstream = top.section("upstream", ("connector", "qq", name))
+        qq_config = _qq(upstream, production) if upstream.present("qq") else UNUSED_QQ
+        options = upstream.raw.get(name)
+        if options is not None and not isinstance(options, Mapping):
+            raise upstream.error(name, f"must be a mapping of the {name!r} connector's options")
+        return UpstreamConfig(
+            qq=qq_config,
+            connector=name,
+            options=_expanded(top.ctx, upstream.at(name), options or {}),
+        )
+    upstream = top.section("upstream", ("connector", "qq"))
     if not upstream.present("qq"):
         raise upstream.error("qq", "is required (app_id and app_key)")
+    return UpstreamConfig(qq=_qq(upstream, production))
+
+
+def _connector_name(top: _Section) -> str:
+    """``upstream.connector``, checked against the installed connectors (default ``qq``).
+
+    Read before the ``upstream`` section is, because it decides which keys that section
+    may have (``upstream.<name>``). Only the entry point names are looked up here; the
+    connector itself is imported and built by ``create_app``.
+    """
+    raw = top.raw.get("upstream")
+    value = raw.get("connector") if isinstance(raw, Mapping) else None
+    path: _KeyPath = ("upstream", "connector")
+    if value is None:
+        return "qq"
+    if not isinstance(value, str):
+        raise top.ctx.error(path, f"must be a string, got {_type_name(value)}")
+    name = top.ctx.interpolate(path, value).strip() or "qq"
+    if not _CONNECTOR_NAME.fullmatch(name) or name == "connector":
+        raise top.ctx.error(
+            path, f"{_show(name, 40)} is not a connector name (letters, digits, '_', '-', '.')"
+        )
+    if name != "qq":
+        from broker.connectors.registry import not_installed
+
+        problem = not_installed(name)
+        if problem:
+            raise top.ctx.error(path, problem)
+    return name
+
+
+def _expanded(ctx: _Context, path: _KeyPath, raw: Any) -> Any:
+    """A free-form value with ``${VAR}`` expanded in every string (secrets come from the
+    environment for any connector, as for QQ)."""
+    if isinstance(raw, str):
+        return ctx.interpolate(path, raw)
+    if isinstance(raw, Mapping):
+        return {str(key): _expanded(ctx, (*path, str(key)), item) for key, item in raw.items()}
+    if isinstance(raw, list):
+        return [_expanded(ctx, (*path, index), item) for index, item in enumerate(raw)]
+    return raw
+
+
+def _qq(upstream: _Section, production: bool) -> QQConfig:
     qq = upstream.section(
         "qq", ("app_id", "app_key", "base_url", "scope", "subject", "allow_staging_base_url")
     )
@@ -1141,15 +1249,13 @@ def _upstream(top: _Section, production: bool) -> UpstreamConfig:
     scope = qq.str_or("scope", "get_user_info")
     if not _SCOPE.fullmatch(scope):
         raise qq.error("scope", f"{_show(scope)} is not a QQ scope list like get_user_info")
-    return UpstreamConfig(
-        qq=QQConfig(
-            app_id=_app_id(qq),
-            app_key=qq.required_str("app_key", secret=True),
-            base_url=_base_url(qq, production, allow_staging),
-            scope=scope,
-            subject=qq.choice("subject", "openid", UPSTREAM_SUBJECTS),
-            allow_staging_base_url=allow_staging,
-        )
+    return QQConfig(
+        app_id=_app_id(qq),
+        app_key=qq.required_str("app_key", secret=True),
+        base_url=_base_url(qq, production, allow_staging),
+        scope=scope,
+        subject=qq.choice("subject", "openid", UPSTREAM_SUBJECTS),
+        allow_staging_base_url=allow_staging,
     )
 
 
@@ -1248,7 +1354,7 @@ def _lifetimes(section: _Section) -> LifetimesConfig:
     return lifetimes
 
 
-def _claims(section: _Section) -> ClaimsConfig:
+def _claims(section: _Section, production: bool) -> ClaimsConfig:
     domain = section.str_or("email_domain", "qq-user.invalid")
     if not _DOMAIN.fullmatch(domain):
         raise section.error("email_domain", f"{_show(domain)} is not a domain name")
@@ -1256,7 +1362,37 @@ def _claims(section: _Section) -> ClaimsConfig:
         picture=section.choice("picture", "https", PICTURE_POLICIES),
         gender=section.boolean("gender", False),
         email_domain=domain,
+        avatar_hosts=_avatar_hosts(section, production),
     )
+
+
+def _avatar_hosts(section: _Section, production: bool) -> tuple[str, ...]:
+    """``claims.avatar_hosts``, normalised to ``host:port`` (IPv6 without brackets).
+
+    The avatar proxy fetches these in addition to QQ's hosts and skips its
+    private-address check for them (the emulator listens on 127.0.0.1), so a
+    production issuer may not have any: there it would be an SSRF switch.
+    """
+    entries = section.str_list("avatar_hosts", ())
+    if entries and production:
+        raise section.error(
+            "avatar_hosts", "is for development only (a loopback issuer); remove it"
+        )
+    hosts: list[str] = []
+    for index, entry in enumerate(entries):
+        try:
+            parts = urlsplit(f"//{entry}")
+            port = parts.port
+        except ValueError:  # "[::1", a port that is not a number or out of range
+            parts, port = urlsplit("//"), None
+        plain = not (parts.path or parts.query or parts.fragment or parts.username)
+        if not (parts.hostname and port and plain):
+            raise section.ctx.error(
+                (*section.at("avatar_hosts"), index),
+                f"{_show(entry)} is not host:port (e.g. 127.0.0.1:8001)",
+            )
+        hosts.append(f"{parts.hostname}:{port}")
+    return tuple(hosts)
 
 
 # --------------------------------------------------------------------------- clients

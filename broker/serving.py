@@ -56,7 +56,12 @@ class ServeError(Exception):
 
 
 def bind(
-    app: Any, server: ServerConfig, *, ident: str = IDENT, socket_map: SocketMap | None = None
+    app: Any,
+    server: ServerConfig,
+    *,
+    ident: str = IDENT,
+    socket_map: SocketMap | None = None,
+    sock: socket.socket | None = None,
 ) -> MultiSocketServer | BaseWSGIServer:
     """A waitress server listening on ``server.host:server.port`` (not yet running).
 
@@ -64,13 +69,16 @@ def bind(
     by default it deletes it (and the other proxy headers) before the app runs, and then
     ``broker.web.proxies`` could not see it. Its own ``trusted_proxy`` setting cannot
     replace ours: it takes a single address, not networks.
+
+    ``sock``: an already listening socket (a worker of :mod:`broker.workers` inherits
+    its parent's) instead of binding ``server.host:server.port``.
     """
+    where = _where(sock, server.host, server.port)
     try:
         return create_server(
             app,
             map=socket_map,
-            host=server.host,
-            port=server.port,
+            **where,
             threads=server.threads,
             ident=ident,
             clear_untrusted_proxy_headers=not server.trusted_proxies,
@@ -80,19 +88,41 @@ def bind(
         raise ServeError(f"cannot listen on {server.host}:{server.port} ({reason})") from err
 
 
-def serve(app: Any, server: ServerConfig, *, ident: str = IDENT) -> None:
+def _where(sock: socket.socket | None, host: str, port: int) -> dict[str, Any]:
+    """waitress's listening arguments: an inherited socket, or an address to bind."""
+    return {"sockets": [sock]} if sock is not None else {"host": host, "port": port}
+
+
+def serve(
+    app: Any,
+    server: ServerConfig,
+    *,
+    ident: str = IDENT,
+    metrics: tuple[Any, str, int] | None = None,
+    sock: socket.socket | None = None,
+    metrics_sock: socket.socket | None = None,
+) -> None:
     """Serve ``app`` until SIGTERM or SIGINT, then drain (module docstring) and return.
 
+    ``metrics`` is ``(wsgi_app, host, port)`` for the separate metrics listener: it runs
+    in the same loop (so it stops and drains with the main listener) but with threads of
+    its own, so that a scrape is answered while every main thread waits on a slow QQ.
+
     Call it from the main thread (Python runs signal handlers there only). Raises
-    :class:`ServeError` when the address cannot be bound.
+    :class:`ServeError` when an address cannot be bound. ``sock``/``metrics_sock``:
+    listening sockets inherited from :mod:`broker.workers` instead of binding.
     """
     socket_map: SocketMap = {}
-    httpd = bind(app, server, ident=ident, socket_map=socket_map)
+    httpd = bind(app, server, ident=ident, socket_map=socket_map, sock=sock)
     adj = httpd.adj
     listeners = [obj for obj in socket_map.values() if isinstance(obj, BaseWSGIServer)]
     for listener in listeners:
         host, port = listener.getsockname()
         log.info("listening on %s port %s (%d threads)", host, port, server.threads)
+    side = _bind_metrics(metrics, httpd, socket_map, ident, metrics_sock) if metrics else None
+    if side is not None:
+        side_listeners = [o for o in socket_map.values() if isinstance(o, BaseWSGIServer)]
+        listeners = list(dict.fromkeys([*listeners, *side_listeners]))
 
     try:
         with _Signals(socket_map) as signals:
@@ -117,7 +147,36 @@ def serve(app: Any, server: ServerConfig, *, ident: str = IDENT) -> None:
                 log.info("all requests finished; exiting")
     finally:
         httpd.task_dispatcher.set_thread_count(0)  # idle threads leave; none starts a new task
+        if side is not None:
+            side.task_dispatcher.set_thread_count(0)
         _close_all(socket_map)
+
+
+#: Threads of the metrics listener: scrapes are rare and quick.
+METRICS_THREADS = 2
+
+
+def _bind_metrics(
+    metrics: tuple[Any, str, int],
+    httpd: MultiSocketServer | BaseWSGIServer,
+    socket_map: SocketMap,
+    ident: str,
+    sock: socket.socket | None = None,
+) -> MultiSocketServer | BaseWSGIServer:
+    """Bind the metrics listener into the main loop's socket map (see :func:`serve`)."""
+    app, host, port = metrics
+    where = _where(sock, host, port)
+    try:
+        side = create_server(
+            app, map=socket_map, **where, threads=METRICS_THREADS, ident=ident
+        )
+    except (OSError, ValueError) as err:
+        httpd.task_dispatcher.set_thread_count(0)
+        _close_all(socket_map)
+        reason = getattr(err, "strerror", None) or str(err)
+        raise ServeError(f"cannot listen on {host}:{port} for metrics ({reason})") from err
+    log.info("metrics on http://%s:%s/metrics", host, port)
+    return side
 
 
 def _stop_listening(listeners: list[BaseWSGIServer]) -> None:

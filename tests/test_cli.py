@@ -246,8 +246,16 @@ def test_console_script_is_installed() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_check_warns_about_settings_that_are_not_enforced_yet(tmp_path: Path) -> None:
-    text = GOOD.format(port=8000) + "claims: {picture: proxy}\n"
-    result = run("check", "--config", str(write_config(tmp_path, text)))
-    assert result.returncode == 0
-    assert "warning: claims.picture" in result.stderr
+def test_check_warns_about_settings_that_need_attention(tmp_path: Path) -> None:
+    """A production issuer on a staging twin of QQ passes, with a warning said out loud."""
+    text = (
+        "issuer: https://login.example.com\n"
+        "secret_key: ${BROKER_SECRET_KEY}\n"
+        "upstream:\n  qq:\n    app_id: ${QQ_APP_ID}\n    app_key: ${QQ_APP_KEY}\n"
+        "    base_url: https://qq-staging.example.com\n    allow_staging_base_url: true\n"
+        "clients: []\n"
+    )
+    env = {"BROKER_SECRET_KEY": "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5"}
+    result = run("check", "--config", str(write_config(tmp_path, text)), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "warning: upstream.qq.base_url: a staging twin" in result.stderr

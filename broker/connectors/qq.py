@@ -31,12 +31,13 @@ import contextlib
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from types import MappingProxyType
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import requests
@@ -54,12 +55,16 @@ from broker.connectors.base import (
     UpstreamUnavailable,
 )
 
+if TYPE_CHECKING:
+    from broker.connectors.registry import ConnectorContext
+
 __all__ = [
     "DEFAULT_EXPIRES_IN",
     "QQ_ERROR_CODES",
     "QQBodyError",
     "QQConnector",
     "QQErrorRule",
+    "factory",
     "parse_qq_body",
 ]
 
@@ -82,6 +87,9 @@ _TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII; real tokens are 32 hex (s
 _IDENTIFIER = re.compile(r"[A-Za-z0-9_-]{1,64}")  # openid 32 hex, unionid UID_+32 hex (section 6)
 # Strings a buggy upstream or client library produces from a missing value (UP-06).
 _PLACEHOLDER_IDS = frozenset({"none", "null", "nil", "undefined", "nan"})
+# The authorize error page shows "<description>(<code>)", e.g. "redirect uri is illegal(100010)"
+# (section 2.1); the exact HTML is unknown, so only the OAuth-layer code pattern is trusted.
+_PAGE_ERROR_CODE = re.compile(r"\((100\d{3})\)")
 
 _HEADERS = {
     "User-Agent": f"qq-oidc-broker/{__version__}",
@@ -92,7 +100,12 @@ _HEADERS = {
 
 #: Endpoint name (as in UpstreamError.endpoint) -> path under base_url (section 2).
 _PATHS = MappingProxyType(
-    {"token": "/oauth2.0/token", "me": "/oauth2.0/me", "get_user_info": "/user/get_user_info"}
+    {
+        "token": "/oauth2.0/token",
+        "me": "/oauth2.0/me",
+        "get_user_info": "/user/get_user_info",
+        "authorize": "/oauth2.0/authorize",  # only for check_callback (doctor)
+    }
 )
 
 
@@ -505,6 +518,56 @@ class QQConnector:
         profile = self._user_info(access_token, openid, login=False)
         return _nickname(profile), _picture(profile), profile
 
+    # ------------------------------------------------------------------ diagnostics (doctor)
+
+    def check_credentials(self, redirect_uri: str) -> None:
+        """Prove the app id and app key without a user, by exchanging a made-up code.
+
+        QQ checks client_id (100008) and client_secret (100009) before the code (section 8;
+        the order is marked [?] there), so "invalid or expired code" (100019, message key
+        ``upstream.code_invalid``) means both credentials were accepted: return normally.
+        Anything else raises the typed error a login would get.
+        """
+        bogus = secrets.token_hex(16).upper()  # shaped like a real code (section 6)
+        try:
+            self._exchange_code(bogus, redirect_uri)
+        except UpstreamRejected as err:
+            if err.message_key == _CODE_INVALID:
+                return
+            raise
+        raise self._protocol("token", "QQ accepted a made-up authorization code")
+
+    def check_callback(self, redirect_uri: str) -> None:
+        """Ask QQ's authorize page whether ``redirect_uri`` is a registered callback.
+
+        QQ validates response_type, client_id (100008) and redirect_uri (100010) before it
+        shows the login page; a problem is an HTML page reading ``<description>(<code>)``
+        and never a redirect (section 2.1, 8). A redirect (to the login page
+        ``/oauth2.0/show``) means all passed. Nobody logs in, so no code is issued.
+        """
+        params = {
+            "response_type": "code",
+            "client_id": self.app_id,
+            "redirect_uri": redirect_uri,
+            "state": "doctor",
+            "scope": self.scope,
+        }
+        deadline = time.monotonic() + self._connect_timeout + self._read_timeout
+        response = self._send("GET", "authorize", params=params, data=None)
+        if response.is_redirect:
+            response.close()
+            return
+        page = self._read_response(response, "authorize", deadline).decode("utf-8", "replace")
+        match = _PAGE_ERROR_CODE.search(page)
+        if match is None:
+            raise self._protocol(
+                "authorize", "the authorize page neither redirected nor showed a QQ error code"
+            )
+        code = int(match.group(1))
+        sent = f"; the broker sent redirect_uri={_safe_text(redirect_uri, 200)}"
+        detail = sent if code == 100010 else ""
+        raise self._rejected(code, None, "authorize", login=True, detail=detail)
+
     def close(self) -> None:
         """Close the connection pool, unless the session was handed in by the caller."""
         if self._owns_session:
@@ -749,6 +812,18 @@ class QQConnector:
     ) -> bytes:
         # Total deadline for the whole call, enforced while reading the body (UP-15).
         deadline = time.monotonic() + self._connect_timeout + self._read_timeout
+        response = self._send(method, endpoint, params=params, data=data)
+        return self._read_response(response, endpoint, deadline)
+
+    def _send(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        params: Mapping[str, str] | None,
+        data: Mapping[str, str] | None,
+    ) -> requests.Response:
+        """Send one request (streamed, never following redirects); unreadable -> Unavailable."""
         response: requests.Response | None = None
         failure = ""
         try:
@@ -772,7 +847,7 @@ class QQConnector:
         # access token, and a chained exception would carry it into tracebacks.
         if response is None:
             raise self._unavailable(endpoint, failure)
-        return self._read_response(response, endpoint, deadline)
+        return response
 
     def _read_response(self, response: requests.Response, endpoint: str, deadline: float) -> bytes:
         # At EOF urllib3 has already put the connection back in the pool (keep-alive) and
@@ -854,3 +929,45 @@ def _picture(profile: Mapping[str, Any]) -> str | None:
         if isinstance(value, str) and value.strip():
             return value
     return None
+
+
+# --------------------------------------------------------------------------- entry point
+
+#: Options :func:`factory` builds the connector from.
+FACTORY_OPTIONS = ("app_id", "app_key", "base_url", "scope")
+#: Keys of ``upstream.qq`` that the broker reads, not the connector; accepted and ignored
+#: so that the whole section can be handed over.
+_BROKER_OPTIONS = ("subject", "allow_staging_base_url")
+
+
+def factory(options: Mapping[str, Any], context: ConnectorContext) -> QQConnector:
+    """The ``qq`` entry point (group ``qq_oidc_broker.connectors``, see pyproject.toml).
+
+    The built-in connector is loaded through the registry like any other, so that the
+    path third-party connectors take is the one the default config exercises. From the
+    config, ``options`` are the ``upstream.qq`` values that config.py has already checked
+    (including the production rules: https and graph.qq.com), so ``context`` adds nothing
+    here; the contract kit passes an emulator's options directly. Errors name the option
+    and never its value (``app_key`` is a secret).
+    """
+    del context  # production rules for upstream.qq live in config.py
+    unknown = sorted(set(options) - {*FACTORY_OPTIONS, *_BROKER_OPTIONS})
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(str, unknown))}; known: {', '.join(FACTORY_OPTIONS)}"
+        )
+    app_id = options.get("app_id")
+    if isinstance(app_id, int) and not isinstance(app_id, bool):
+        app_id = str(app_id)  # YAML reads an unquoted app id as a number
+    return QQConnector(
+        app_id=_text_option("app_id", app_id),
+        app_key=_text_option("app_key", options.get("app_key")),
+        base_url=_text_option("base_url", options.get("base_url", "https://graph.qq.com")),
+        scope=_text_option("scope", options.get("scope", "get_user_info")),
+    )
+
+
+def _text_option(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key} must be a non-empty string")
+    return value

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import flask
+from werkzeug.http import http_date
 
-from broker.emulator import admin, api, authorize
+from broker.emulator import admin, api, authorize, avatars
 from broker.emulator.settings import EmulatorSettings
 from broker.emulator.state import EXTENSION_KEY, EmulatorState
 
@@ -26,8 +28,21 @@ def create_emulator_app(settings: EmulatorSettings) -> flask.Flask:
     app.register_blueprint(authorize.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(avatars.bp)
+    if settings.clock_skew_seconds:
+        app.after_request(_skewed_date(settings.clock_skew_seconds))
     app.wsgi_app = WaitressConnectionClose(app.wsgi_app)  # type: ignore[method-assign]
     return app
+
+
+def _skewed_date(skew: int) -> Callable[[flask.Response], flask.Response]:
+    """A ``Date`` header from a clock ``skew`` seconds off (waitress keeps an app's Date)."""
+
+    def set_date(response: flask.Response) -> flask.Response:
+        response.headers["Date"] = http_date(time.time() + skew)
+        return response
+
+    return set_date
 
 
 class WaitressConnectionClose:

@@ -18,10 +18,18 @@ from broker.emulator.settings import EmulatorSettings
 from broker.emulator.state import EmulatorState
 from broker.emulator.users import EmulatorUser
 from broker.emulator.wire import ERROR_MEANINGS_ZH, QQError, qq_response
+from broker.web.messages import pick_locale
 
 bp = Blueprint("qq_authorize", __name__)
 
 MAX_REDIRECT_URI = 1024  # §2.7
+
+#: The emulator's own HTML pages (not QQ's API bodies): no script at all, our stylesheet
+#: only, forms may post back here and follow the redirect to any registered callback.
+PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 @dataclass(frozen=True)
@@ -128,15 +136,30 @@ def redirect_to(location: str) -> Response:
     return response
 
 
+def page_locale() -> str:
+    """``ui_locales`` (when a caller passes it; QQ itself ignores it), then Accept-Language.
+
+    Real QQ shows Chinese only; the emulator follows the browser so an English-speaking
+    developer can read it, and defaults to zh-CN like QQ.
+    """
+    return pick_locale(merged_params().get("ui_locales"), request.accept_languages.values())
+
+
+def html_page(template: str, **context: object) -> Response:
+    """One of the emulator's pages in the user's language, with QQ's headers plus a CSP."""
+    response = qq_response(render_template(template, locale=page_locale(), **context))
+    response.headers["Content-Security-Policy"] = PAGE_CSP
+    return response
+
+
 def error_page(error: QQError) -> Response:
     """The graph.qq.com error page: ``<description>(<code>)``, HTTP 200, no redirect."""
-    page = render_template(
+    return html_page(
         "error.html",
         code=error.code,
         description=error.description,
         meaning=ERROR_MEANINGS_ZH.get(error.code, ""),
     )
-    return qq_response(page)
 
 
 def login_with_code(state: EmulatorState, auth: AuthorizeRequest, user: EmulatorUser) -> Response:
@@ -151,7 +174,7 @@ def cancel(state: EmulatorState, auth: AuthorizeRequest) -> Response:
     if state.control.cancel_mode == "redirect":
         query = f"usercancel=1&state={quote(auth.state, safe='')}"
         return redirect_to(append_query(auth.redirect_uri, query))
-    return qq_response(render_template("cancelled.html"))
+    return html_page("cancelled.html")
 
 
 @bp.get("/oauth2.0/authorize")
@@ -197,14 +220,13 @@ def show() -> Response:
         {"id": user.id, "nickname": user.nickname, "openid": state.openid(user)}
         for user in state.users
     ]
-    page = render_template(
+    return html_page(
         "login.html",
         auth=auth,
         fields=auth.form_fields(),
         users=users,
         mobile=auth.display == "mobile",
     )
-    return qq_response(page)
 
 
 @bp.post("/oauth2.0/authorize")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from broker.emulator.users import EmulatorUser, default_users
 
 CANCEL_MODES = ("close", "redirect")
+MAX_CLOCK_SKEW_SECONDS = 10 * 365 * 86_400
 
 
 @dataclass
@@ -30,6 +31,9 @@ class EmulatorSettings:
     expires_in: int = 5184000
     code_ttl: int = 600
     allow_loopback_ports: bool = True
+    #: Seconds the emulated graph.qq.com's clock (its ``Date`` header) runs ahead of this
+    #: machine's; negative is behind. Lets tests play a host whose clock is off (doctor).
+    clock_skew_seconds: int = 0
 
     def validate(self) -> None:
         """Fail fast on settings that would make the emulator behave nonsensically."""
@@ -46,3 +50,5 @@ class EmulatorSettings:
             raise ValueError(f"emulator: cancel_mode must be one of {', '.join(CANCEL_MODES)}")
         if self.expires_in <= 0 or self.code_ttl <= 0:
             raise ValueError("emulator: expires_in and code_ttl must be positive")
+        if abs(self.clock_skew_seconds) > MAX_CLOCK_SKEW_SECONDS:
+            raise ValueError("emulator: clock_skew_seconds must be within +-10 years")

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from authlib.oauth2.rfc6749 import scope_to_list
 
 from broker.config import ClaimsConfig, ClientConfig
+from broker.oidc.avatars import AvatarUrls
 from broker.oidc.models import EndUser
 
 MAX_NICKNAME_CHARS = 128
@@ -67,12 +68,14 @@ def clean_nickname(value: Any) -> str:
     return kept.strip()[:MAX_NICKNAME_CHARS]
 
 
-def picture_claim(url: Any, policy: str) -> str | None:
+def picture_claim(url: Any, policy: str, avatars: AvatarUrls | None = None) -> str | None:
     """``picture`` per ``claims.picture``: only absolute http(s) URLs ever leave the broker.
 
     ``https`` upgrades QQ's http avatar host that supports TLS and drops the
-    rest (mixed content breaks https relying parties). ``proxy`` (issue 6)
-    behaves like ``https`` until the avatar proxy exists.
+    rest (mixed content breaks https relying parties). ``proxy`` turns an avatar
+    on QQ's avatar hosts into a signed broker URL (``avatars``), which is https
+    whenever the issuer is and hides the upstream URL with any OpenID in it;
+    anything else is treated as ``https`` would (and so without ``avatars``).
     """
     if not isinstance(url, str) or len(url) > MAX_PICTURE_CHARS:
         return None
@@ -84,6 +87,10 @@ def picture_claim(url: Any, policy: str) -> str | None:
         return None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         return None
+    if policy == "proxy" and avatars is not None:
+        proxied = avatars.proxied(url)
+        if proxied is not None:
+            return proxied
     if policy == "passthrough" or parts.scheme == "https":
         return url
     if parts.hostname in HTTPS_CAPABLE_AVATAR_HOSTS:
@@ -99,19 +106,23 @@ def reveals_qq_ids(url: str, user: EndUser) -> bool:
 
 
 def profile_claims(
-    user: EndUser, claims_config: ClaimsConfig, may_see_openid: bool = True
+    user: EndUser,
+    claims_config: ClaimsConfig,
+    may_see_openid: bool = True,
+    avatars: AvatarUrls | None = None,
 ) -> dict[str, Any]:
     """The ``profile`` scope's claims (OIDC Core §5.4), omitting what QQ left empty.
 
     A client that must not learn the OpenID (pairwise or UnionID subjects) gets
-    no avatar URL that contains it (security-checklist UP-11).
+    no avatar URL that contains it (security-checklist UP-11); a proxied one
+    (``claims.picture: proxy``) never does, so every client gets that.
     """
     claims: dict[str, Any] = {}
     nickname = clean_nickname(user.profile.get("nickname"))
     if nickname:
         claims["name"] = nickname
         claims["nickname"] = nickname
-    picture = picture_claim(user.profile.get("picture"), claims_config.picture)
+    picture = picture_claim(user.profile.get("picture"), claims_config.picture, avatars)
     if picture and (may_see_openid or not reveals_qq_ids(picture, user)):
         claims["picture"] = picture
     if claims_config.gender:
@@ -129,14 +140,17 @@ def user_claims(
     subject: str,
     claims_config: ClaimsConfig,
     requested: set[str] | None = None,
+    avatars: AvatarUrls | None = None,
 ) -> dict[str, Any]:
     """Every claim for this client, user and granted scope, plus those asked for one by
-    one with the ``claims`` parameter (OIDC Core §5.5) within the same policies."""
+    one with the ``claims`` parameter (OIDC Core §5.5) within the same policies.
+
+    ``avatars`` seals ``picture`` URLs under ``claims.picture: proxy``."""
     claims: dict[str, Any] = {"sub": subject}
     scopes = set(scope_to_list(scope or ""))
     asked = requested or set()
     may_see_openid = subject == user.user_id or client.expose_qq_ids
-    profile = profile_claims(user, claims_config, may_see_openid)
+    profile = profile_claims(user, claims_config, may_see_openid, avatars)
     if "profile" in scopes:
         claims.update(profile)
     else:

@@ -6,11 +6,12 @@ parties configure themselves from it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from authlib.oidc.discovery import OpenIDProviderMetadata
 
-from broker.config import Config
+from broker.config import ClientConfig, Config
 from broker.oidc.client_auth import ASSERTION_ALGORITHMS
 from broker.oidc.grants import CONFIDENTIAL_AUTH_METHODS, TOKEN_AUTH_METHODS
 from broker.oidc.request_policy import RESPONSE_MODES
@@ -20,24 +21,28 @@ BASE_CLAIMS = ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "at_hash
 PROFILE_CLAIMS = ["name", "nickname", "picture"]
 
 
-def provider_metadata(config: Config) -> dict[str, Any]:
-    """The discovery document, validated by Authlib so a mistake fails at start, not in an RP."""
+def provider_metadata(config: Config, stored: Sequence[ClientConfig] = ()) -> dict[str, Any]:
+    """The discovery document, validated by Authlib so a mistake fails at start, not in an RP.
+
+    ``stored``: clients registered in the database, which count like config clients.
+    """
     issuer = config.issuer
+    clients = (*config.clients, *stored)
     subject_types = ["public"]
-    if any(client.subject == "pairwise" for client in config.clients):
+    if any(client.subject == "pairwise" for client in clients):
         subject_types.append("pairwise")
     claims = BASE_CLAIMS + PROFILE_CLAIMS
     scopes = ["openid", "profile"]
     grant_types = ["authorization_code"]
-    if any("refresh_token" in client.grant_types for client in config.clients):
+    if any("refresh_token" in client.grant_types for client in clients):
         grant_types.append("refresh_token")
         scopes.append("offline_access")
-    if any(client.email == "synthetic" for client in config.clients):
+    if any(client.email == "synthetic" for client in clients):
         claims += ["email", "email_verified"]
         scopes.append("email")
     if config.claims.gender:
         claims.append("gender")
-    if any(client.expose_qq_ids for client in config.clients):
+    if any(client.expose_qq_ids for client in clients):
         claims += ["qq_openid", "qq_unionid"]
     metadata = OpenIDProviderMetadata(
         {

@@ -192,6 +192,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         if record.used:
             log.warning("refresh token reuse: revoking family (client=%s)", record.client_id)
             store.revoke_family(record.family_id)
+            self.server.ctx.metrics.refresh_reused(record.client_id)
             return None
         if record.revoked or min(record.expires_at, record.family_expires_at) <= now:
             return None
@@ -216,6 +217,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):  # type: ignore[misc]
         if store.rotate_refresh_token(record.token_digest, int(time.time())) is None:
             # Another request used this token first: a replay, so the family goes.
             store.revoke_family(record.family_id)
+            self.server.ctx.metrics.refresh_reused(record.client_id)
             raise InvalidGrantError()
         principal = ClientUser(current, client, record.claims_request)
         return principal if self.server.ctx.can_name(principal) else None

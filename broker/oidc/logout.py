@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import InvalidRequestError
 from authlib.oidc.rpinitiated import EndSessionEndpoint, EndSessionRequest
+from flask import g
 
 from broker.oidc.hints import is_id_token
 from broker.oidc.models import EndUser
@@ -25,6 +26,9 @@ if TYPE_CHECKING:
     from broker.oidc.server import BrokerAuthorizationServer, ProviderContext
 
 log = logging.getLogger("broker.oidc")
+
+#: Request-scoped (flask.g): the user confirmed this logout on the broker's page.
+CONFIRMED_FLAG = "broker_logout_confirmed"
 
 
 class BrokerEndSessionEndpoint(EndSessionEndpoint):  # type: ignore[misc]
@@ -61,6 +65,16 @@ class BrokerEndSessionEndpoint(EndSessionEndpoint):  # type: ignore[misc]
                 raise InvalidRequestError("The id_token_hint is not an ID token issued here.")
         return validated
 
+    def is_post_logout_redirect_uri_legitimate(
+        self, request: Any, post_logout_redirect_uri: str, client: Any, logout_hint: Any
+    ) -> bool:
+        """No hint, but the RP named itself (``client_id``) and the user confirmed the logout
+        on our page: a redirect to a URI that client registered is legitimate (Logout 1.0
+        §3: "unless the OP has other means of confirming the legitimacy"). GitLab and
+        Nextcloud log out this way; without it their users would be stranded here."""
+        named = request.payload.data.get("client_id")
+        return bool(g.get(CONFIRMED_FLAG)) and named == getattr(client, "client_id", None)
+
     def resolve_client_from_id_token_claims(self, id_token_claims: dict[str, Any]) -> Client | None:
         """Our ID tokens carry ``aud`` as a one-element list."""
         aud = id_token_claims.get("aud")
@@ -88,8 +102,13 @@ class RPInitiatedLogout:
         self.backchannel = backchannel
         server.register_endpoint(BrokerEndSessionEndpoint(ctx))
 
-    def validate(self) -> EndSessionRequest:
-        """Raises OAuth2Error for a request that must get an error page, never a redirect."""
+    def validate(self, *, confirmed: bool = False) -> EndSessionRequest:
+        """Raises OAuth2Error for a request that must get an error page, never a redirect.
+
+        ``confirmed``: the user confirmed on our page (the web layer checked the form
+        token), which makes a hint-less redirect to the client's registered URI legitimate.
+        """
+        g.setdefault(CONFIRMED_FLAG, confirmed)
         try:
             request: EndSessionRequest = self.server.validate_endpoint_request("end_session")
         except ValueError as err:

@@ -23,6 +23,7 @@ from flask import Response
 from flask import request as http_request
 
 from broker.connectors.base import Connector, Identity, UpstreamError
+from broker.metrics import upstream_reason
 from broker.oidc.backchannel import BackchannelLogout
 from broker.oidc.claims import stored_profile
 from broker.oidc.discovery import provider_metadata
@@ -38,6 +39,7 @@ from broker.oidc.grants import ClientUser
 from broker.oidc.hints import verify_id_token_hint
 from broker.oidc.logout import RPInitiatedLogout
 from broker.oidc.models import Client, EndUser
+from broker.oidc.registry import ClientDirectory
 from broker.oidc.request_policy import check_authorization_parameters, parked_parameters
 from broker.oidc.server import BrokerAuthorizationServer, ProviderContext
 from broker.storage.base import (
@@ -89,9 +91,28 @@ class Provider:
         self.connector = connector
         self.server = BrokerAuthorizationServer(ctx)
         self.callback_url = f"{ctx.config.issuer}/qq/callback"
-        self.metadata = provider_metadata(ctx.config)
+        self._metadata = (ctx.config.clients, provider_metadata(ctx.config))
         self._next_purge = 0
         self.logout = RPInitiatedLogout(ctx, self.server, BackchannelLogout(ctx))
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The discovery document; rebuilt when the clients registered in the database
+        change (they are re-read at most every ``CLIENT_CACHE_SECONDS``), since whether
+        any client is pairwise, takes refresh tokens or e-mail shows in it. While the
+        database is unreachable the last document stays: relying parties starting then
+        still find the endpoints."""
+        clients = self.ctx.clients
+        if not isinstance(clients, ClientDirectory):
+            return self._metadata[1]
+        try:
+            stored = (*self.ctx.config.clients, *clients.stored_configs())
+        except StorageError:
+            return self._metadata[1]
+        if self._metadata[0] != stored:
+            extra = stored[len(self.ctx.config.clients) :]
+            self._metadata = (stored, provider_metadata(self.ctx.config, extra))
+        return self._metadata[1]
 
     # -- /authorize ------------------------------------------------------------
 
@@ -137,6 +158,7 @@ class Provider:
         url = self.connector.authorization_url(
             redirect_uri=self.callback_url, state=upstream_state, display=display
         )
+        self.ctx.metrics.login_started(client.client_id)
         return LoginStart(url)
 
     def _session_user(
@@ -258,19 +280,30 @@ class Provider:
                 err.hint, tx.client_id, err.upstream_code, err.upstream_message,
             )  # fmt: skip
             description = describe_upstream_error(err)
+            self.login_failed(upstream_reason(err), tx.client_id)
             return self._error(redirect_uri, err.oauth_error, description, rp_state, params)
         if want_unionid and not identity.unionid:
             no_unionid = "QQ returned no UnionID."
+            self.login_failed("no_unionid", tx.client_id)
             return self._error(redirect_uri, "server_error", no_unionid, rp_state, params)
         user = self._remember(identity)
         if user is None:
             conflict = "QQ identity conflict."
+            self.login_failed("identity_conflict", tx.client_id)
             return self._error(redirect_uri, "server_error", conflict, rp_state, params)
         user, session_secret = self._new_session(user)
         # authlib-notes pitfall 4: rebuild the parked request and let Authlib finish it.
         request = OAuth2Request("GET", f"{self.ctx.config.issuer}/authorize")
         request.payload = BasicOAuth2Payload(dict(params))
-        return self._authorization_response(request, user, session_secret)
+        response = self._authorization_response(request, user, session_secret)
+        self.ctx.metrics.login_completed(tx.client_id)
+        self.ctx.login_log.completed(tx.client_id, identity.openid)
+        return response
+
+    def login_failed(self, reason: str, client_id: str | None = None) -> None:
+        """Count and log a QQ login that ended without a code (``reason``: a fixed word)."""
+        self.ctx.metrics.login_failed(reason, client_id)
+        self.ctx.login_log.failed(reason, client_id)
 
     def _new_session(self, user: EndUser) -> tuple[EndUser, str]:
         """A fresh broker session for every QQ login (a planted cookie is never upgraded)."""

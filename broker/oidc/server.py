@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
@@ -17,7 +17,10 @@ from flask import g, has_request_context
 
 from broker.config import Config
 from broker.keys import KeyRing, SigningKey
+from broker.logs import LoginLog
+from broker.metrics import Metrics
 from broker.oidc.access_tokens import AccessTokenFactory
+from broker.oidc.avatars import AvatarUrls
 from broker.oidc.claims import SubjectUnavailable, subject_for, user_claims
 from broker.oidc.client_auth import register_client_auth
 from broker.oidc.grants import (
@@ -29,6 +32,7 @@ from broker.oidc.grants import (
     S256CodeChallenge,
 )
 from broker.oidc.models import AccessToken, Client, EndUser, RefreshCredential
+from broker.oidc.registry import ClientLookup
 from broker.oidc.token_endpoints import register_token_endpoints
 from broker.oidc.upstream import UpstreamSessions
 from broker.storage.base import RefreshTokenRecord, Store, TokenRecord, digest
@@ -41,9 +45,16 @@ class ProviderContext:
     config: Config
     store: Store
     keyring: KeyRing
-    clients: Mapping[str, Client]
+    #: Every client lookup goes through ``clients.get``: config clients, then the ones
+    #: registered in the database (``broker.oidc.registry.ClientDirectory``).
+    clients: ClientLookup
     pairwise_salt: bytes
     upstream: UpstreamSessions
+    #: Seals ``picture`` URLs under ``claims.picture: proxy`` (None otherwise).
+    avatars: AvatarUrls | None = None
+    #: Defaults for contexts built outside create_app: counters nobody scrapes, hashed ids.
+    metrics: Metrics = field(default_factory=Metrics)
+    login_log: LoginLog = field(default_factory=LoginLog)
 
     def signing_key_for(self, client: Client) -> SigningKey:
         """The key for everything signed for this client (ID, access and logout tokens):
@@ -89,6 +100,7 @@ class ProviderContext:
             subject=self.subject(principal),
             requested=set(requested),
             claims_config=self.config.claims,
+            avatars=self.avatars,
         )
 
 
@@ -199,6 +211,7 @@ class BrokerAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         # One transaction: a replay or logout racing with this request (another instance)
         # revokes both or neither is saved before it (storage/sql.py save_issued_tokens).
         self.ctx.store.save_issued_tokens(access, refresh)
+        self.ctx.metrics.token_issued(request.payload.grant_type, request.client.client_id)
 
     def _refresh_record(
         self,

@@ -142,6 +142,38 @@ class SigningKeyRecord:
     retired_at: int | None = None
 
 
+@dataclass(frozen=True)
+class Revocation:
+    """What a bulk revocation reached: the *live* rows it revoked, voided or ended.
+
+    Rows that had already expired or been revoked are revoked too where it matters, but
+    not counted: the numbers tell an operator what stopped working because of them.
+    """
+
+    access_tokens: int = 0
+    refresh_tokens: int = 0
+    codes: int = 0
+    sessions: int = 0
+
+
+@dataclass(frozen=True)
+class ClientActivity:
+    """One client's live sessions and tokens for a user (counts only, never tokens)."""
+
+    client_id: str
+    sessions: int = 0
+    access_tokens: int = 0
+    refresh_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class UserActivity:
+    """What a user has live at the broker: sessions, and per client sessions and tokens."""
+
+    sessions: int
+    clients: tuple[ClientActivity, ...] = ()
+
+
 class Store(Protocol):
     """Storage operations the broker needs; every backend passes the same conformance tests."""
 
@@ -151,6 +183,34 @@ class Store(Protocol):
         """Make the config-sourced clients exactly ``clients`` (others untouched)."""
 
     def get_client(self, client_id: str) -> ClientRecord | None: ...
+
+    def list_clients(self) -> list[ClientRecord]:
+        """Every stored client (config and command-line ones), by client id."""
+
+    def add_client(self, client: ClientRecord, now: int) -> bool:
+        """Store a new client; False (nothing changed) if a client with its id exists.
+
+        Tokens left by an earlier client of the same id are revoked in the same
+        transaction: a new registration never inherits them.
+        """
+
+    def delete_client(self, client_id: str, now: int) -> Revocation | None:
+        """Remove a client that is not from the config and revoke its tokens, atomically;
+        None if there is no such client (config clients are never deleted here)."""
+
+    def set_client_secret(self, client_id: str, secret_digest: str) -> bool:
+        """Replace the secret digest of a client that is not from the config; False if none."""
+
+    def revoke_client_tokens(self, client_id: str, now: int) -> Revocation:
+        """Revoke every access and refresh token of a client (whole families) and void its
+        unredeemed codes; tokens still being issued from them are born revoked."""
+
+    def revoke_user_tokens(self, user_id: str, now: int) -> Revocation:
+        """Like :meth:`revoke_client_tokens` for one user, ending the user's sessions too
+        (else single sign-on would hand out new tokens at once)."""
+
+    def user_activity(self, user_id: str, now: int) -> UserActivity:
+        """Counts of the user's live sessions and tokens, per client."""
 
     def create_login(self, tx: LoginTransaction) -> None: ...
 

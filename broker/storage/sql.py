@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
@@ -21,13 +23,16 @@ from sqlalchemy.engine import Connection, Engine
 from broker.storage import migrate, schema
 from broker.storage.base import (
     AuthorizationCodeRecord,
+    ClientActivity,
     ClientRecord,
     LoginTransaction,
     RefreshTokenRecord,
+    Revocation,
     SessionRecord,
     SigningKeyRecord,
     StorageError,
     TokenRecord,
+    UserActivity,
     UserRecord,
 )
 
@@ -92,17 +97,79 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> E
     )
 
 
+def _owners(client_id: str, user_id: str) -> tuple[str, str]:
+    """Lock keys of what a bulk revocation covers (``_lock``, ``_revoke_all``), in lock order."""
+    return f"client:{client_id}", f"user:{user_id}"
+
+
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    """A record dataclass's field names, looked up once per class."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def _values(record: Any) -> dict[str, Any]:
-    """A record dataclass as column values (mappings copied to plain dicts for JSON)."""
-    values = dataclasses.asdict(record)
-    return {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    """A record dataclass as column values (mappings copied to plain dicts for JSON).
+
+    Field by field rather than ``dataclasses.asdict``, which deep-copies every value:
+    records are flat, and this runs for every row the token endpoint writes.
+    """
+    values = {name: getattr(record, name) for name in _field_names(type(record))}
+    return {k: dict(v) if isinstance(v, Mapping) else v for k, v in values.items()}
 
 
 def _record(cls: type[Rec], row: Any) -> Rec:
     """Build a record dataclass from a row with the same column names."""
     mapping = row._mapping
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    return cls(**{name: mapping[name] for name in names if name in mapping})
+    return cls(**{name: mapping[name] for name in _field_names(cls) if name in mapping})
+
+
+# Statements of the per-request paths (token, userinfo), built once. A statement object
+# built per call costs more Python than the database spends on it (construction plus
+# SQLAlchemy's cache key, which is memoized per object); values go in as bind parameters.
+_codes, _tokens, _users = schema.authorization_codes, schema.tokens, schema.users
+#: Redeem a code and read it back in one statement (RETURNING: SQLite >= 3.35, PostgreSQL).
+_CONSUME_CODE = (
+    sa.update(_codes)
+    .where(
+        _codes.c.code_digest == sa.bindparam("key"),
+        _codes.c.used.is_(False),
+        _codes.c.expires_at > sa.bindparam("now"),
+    )
+    .values(used=True)
+    .returning(*_codes.c)
+)
+_GET_USER = sa.select(_users).where(_users.c.user_id == sa.bindparam("key"))
+_GET_TOKEN = sa.select(_tokens).where(_tokens.c.token_digest == sa.bindparam("key"))
+_INSERT_TOKEN = sa.insert(_tokens)
+_INSERT_REFRESH_TOKEN = sa.insert(schema.refresh_tokens)
+
+
+@functools.cache
+def _born_revoked_query(code: bool, family: bool, sid: bool) -> sa.Select[Any]:
+    """The ``_born_revoked`` check for the revocations that apply (built once per shape)."""
+    codes, refresh, sessions = _codes, schema.refresh_tokens, schema.sessions
+    checks = []
+    if code:
+        checks.append(
+            sa.exists().where(codes.c.code_digest == sa.bindparam("code"), codes.c.replayed)
+        )
+    if family:
+        checks.append(
+            sa.exists().where(
+                refresh.c.family_id == sa.bindparam("family"), refresh.c.revoked.is_(True)
+            )
+        )
+    if sid:
+        checks.append(
+            sa.exists().where(sessions.c.sid == sa.bindparam("sid"), sessions.c.ended.is_(True))
+        )
+    return sa.select(sa.or_(*checks))
 
 
 class SQLStore:
@@ -113,6 +180,15 @@ class SQLStore:
             self._engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StorageError(f"cannot use storage.url: {exc}") from exc
+        # SQLite has one writer at a time. Threads of this process that race for it meet
+        # SQLite's busy handler, which sleeps 1, 2, 5 ... 100 ms between retries: under
+        # load that is most of a request's latency (p99 in whole seconds) and idle
+        # cores. A lock in the process queues them instead and hands over at once;
+        # busy_timeout still covers another process (``qq-oidc-broker`` commands).
+        # PostgreSQL locks rows, not the database: no process-wide lock there.
+        self._writer: AbstractContextManager[Any] = (
+            threading.RLock() if self._engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     @_guarded
     def create_schema(self) -> None:
@@ -134,13 +210,20 @@ class SQLStore:
     def close(self) -> None:
         self._engine.dispose()
 
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A write transaction (``engine.begin()``), queued behind this process's other
+        writers on SQLite (see ``__init__``)."""
+        with self._writer, self._engine.begin() as conn:
+            yield conn
+
     def _one(self, cls: type[Rec], table: sa.Table, *where: Any) -> Rec | None:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(table).where(*where)).first()
         return None if row is None else _record(cls, row)
 
     def _insert(self, table: sa.Table, record: Any) -> None:
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(sa.insert(table).values(**_values(record)))
 
     def _upsert(
@@ -172,7 +255,7 @@ class SQLStore:
     def sync_clients(self, clients: Sequence[ClientRecord]) -> None:
         table = schema.clients
         ids = [client.client_id for client in clients]
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 sa.delete(table).where(table.c.source == "config", table.c.client_id.not_in(ids))
             )
@@ -184,6 +267,52 @@ class SQLStore:
     def get_client(self, client_id: str) -> ClientRecord | None:
         return self._one(ClientRecord, schema.clients, schema.clients.c.client_id == client_id)
 
+    @_guarded
+    def list_clients(self) -> list[ClientRecord]:
+        table = schema.clients
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(table).order_by(table.c.client_id))
+            return [_record(ClientRecord, row) for row in rows]
+
+    @_guarded
+    def add_client(self, client: ClientRecord, now: int) -> bool:
+        table = schema.clients
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(table).values(**_values(client))
+        with self._begin() as conn:
+            # One statement decides: of two operators adding the same id, one gets it.
+            inserted = conn.execute(
+                insert.on_conflict_do_nothing(index_elements=["client_id"]).returning(
+                    table.c.client_id
+                )
+            ).first()
+            if inserted is None:
+                return False
+            self._revoke_all(conn, "client_id", client.client_id, now)
+            return True
+
+    @_guarded
+    def delete_client(self, client_id: str, now: int) -> Revocation | None:
+        table = schema.clients
+        with self._begin() as conn:
+            deleted = conn.execute(
+                sa.delete(table).where(table.c.client_id == client_id, table.c.source != "config")
+            )
+            if deleted.rowcount != 1:
+                return None
+            return self._revoke_all(conn, "client_id", client_id, now)
+
+    @_guarded
+    def set_client_secret(self, client_id: str, secret_digest: str) -> bool:
+        table = schema.clients
+        with self._begin() as conn:
+            updated = conn.execute(
+                sa.update(table)
+                .where(table.c.client_id == client_id, table.c.source != "config")
+                .values(secret_digest=secret_digest)
+            )
+            return bool(updated.rowcount == 1)
+
     # -- login transactions ------------------------------------------------
 
     @_guarded
@@ -194,7 +323,7 @@ class SQLStore:
     def consume_login(self, state_digest: str, browser_digest: str) -> LoginTransaction | None:
         table = schema.login_transactions
         key = table.c.state_digest == state_digest
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             if not self._take(conn, table, key, table.c.browser_digest == browser_digest):
                 return None
             row = conn.execute(sa.select(table).where(key)).one()
@@ -215,7 +344,7 @@ class SQLStore:
     def cap_pending_logins(self, browser_digest: str, keep: int) -> None:
         table = schema.login_transactions
         pending = (table.c.browser_digest == browser_digest, table.c.used.is_(False))
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             newest = (
                 sa.select(table.c.state_digest)
                 .where(*pending)
@@ -232,13 +361,9 @@ class SQLStore:
 
     @_guarded
     def consume_code(self, code_digest: str, now: int) -> AuthorizationCodeRecord | None:
-        table = schema.authorization_codes
-        key = table.c.code_digest == code_digest
-        with self._engine.begin() as conn:
-            if not self._take(conn, table, key, table.c.expires_at > now):
-                return None
-            row = conn.execute(sa.select(table).where(key)).one()
-        return _record(AuthorizationCodeRecord, row)
+        with self._begin() as conn:
+            row = conn.execute(_CONSUME_CODE, {"key": code_digest, "now": now}).first()
+        return None if row is None else _record(AuthorizationCodeRecord, row)
 
     @_guarded
     def code_was_used(self, code_digest: str) -> bool:
@@ -265,13 +390,19 @@ class SQLStore:
         saved row: no interleaving lets a token escape.
         """
         family = access.family_id or (refresh.family_id if refresh else None)
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             # SQLite: the INSERT comes first, so the transaction holds the write lock
             # before it reads (writers are serialized; PostgreSQL needs the locks below).
-            conn.execute(sa.insert(schema.tokens).values(**_values(access)))
+            conn.execute(_INSERT_TOKEN, _values(access))
             if refresh is not None:
-                conn.execute(sa.insert(schema.refresh_tokens).values(**_values(refresh)))
-            self._lock(conn, code=access.code_digest, families=[family], sid=access.sid)
+                conn.execute(_INSERT_REFRESH_TOKEN, _values(refresh))
+            self._lock(
+                conn,
+                owners=_owners(access.client_id, access.user_id),
+                code=access.code_digest,
+                families=[family],
+                sid=access.sid,
+            )
             if self._born_revoked(conn, access.code_digest, family, access.sid):
                 if family:
                     self._revoke_families(conn, [family])
@@ -283,12 +414,14 @@ class SQLStore:
 
     @_guarded
     def get_token(self, token_digest: str) -> TokenRecord | None:
-        return self._one(TokenRecord, schema.tokens, schema.tokens.c.token_digest == token_digest)
+        with self._engine.connect() as conn:
+            row = conn.execute(_GET_TOKEN, {"key": token_digest}).first()
+        return None if row is None else _record(TokenRecord, row)
 
     @_guarded
     def revoke_access_token(self, token_digest: str) -> None:
         table = schema.tokens
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 sa.update(table).where(table.c.token_digest == token_digest).values(revoked=True)
             )
@@ -296,7 +429,7 @@ class SQLStore:
     @_guarded
     def revoke_tokens_of_code(self, code_digest: str) -> None:
         codes = schema.authorization_codes
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             # Marked first (a write: SQLite's lock), so the winner of the race, if it has
             # not saved its tokens yet, saves them revoked (save_issued_tokens).
             conn.execute(
@@ -324,9 +457,14 @@ class SQLStore:
 
     @_guarded
     def save_refresh_token(self, token: RefreshTokenRecord) -> None:
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(sa.insert(schema.refresh_tokens).values(**_values(token)))
-            self._lock(conn, families=[token.family_id], sid=token.sid)
+            self._lock(
+                conn,
+                owners=_owners(token.client_id, token.user_id),
+                families=[token.family_id],
+                sid=token.sid,
+            )
             if self._born_revoked(conn, None, token.family_id, token.sid):
                 self._revoke_families(conn, [token.family_id])
 
@@ -334,18 +472,26 @@ class SQLStore:
         self,
         conn: Connection,
         *,
+        owners: Sequence[str] = (),
         code: str | None = None,
         families: Sequence[str | None] = (),
         sid: str | None = None,
     ) -> None:
         """PostgreSQL: serialize issuing and revoking per code, family and session.
 
-        Transaction-scoped advisory locks, always taken in the order code, families
+        Transaction-scoped advisory locks, always taken in the order owners, code, families
         (sorted), session, so two transactions never wait for each other in a cycle.
+        ``owners`` (the client and the user a save issues for) are taken *shared*: saves
+        never wait for each other on them, only for a bulk revocation holding one of them
+        exclusively (``_revoke_all``), which takes no other lock.
         SQLite needs none: its writers are serialized, and these transactions write first.
         """
         if self._engine.dialect.name != "postgresql":
             return
+        for owner in owners:
+            conn.execute(
+                sa.select(sa.func.pg_advisory_xact_lock_shared(sa.func.hashtextextended(owner, 0)))
+            )
         keys = [f"code:{code}"] if code else []
         keys += [f"family:{f}" for f in sorted({f for f in families if f})]
         keys += [f"session:{sid}"] if sid else []
@@ -357,21 +503,10 @@ class SQLStore:
         conn: Connection, code: str | None, family: str | None, sid: str | None
     ) -> bool:
         """Whether a revocation already covers new tokens of this code, family or session."""
-        codes, refresh, sessions = (
-            schema.authorization_codes,
-            schema.refresh_tokens,
-            schema.sessions,
-        )
-        checks = []
-        if code:
-            checks.append(sa.exists().where(codes.c.code_digest == code, codes.c.replayed))
-        if family:
-            checks.append(
-                sa.exists().where(refresh.c.family_id == family, refresh.c.revoked.is_(True))
-            )
-        if sid:
-            checks.append(sa.exists().where(sessions.c.sid == sid, sessions.c.ended.is_(True)))
-        return bool(checks) and bool(conn.execute(sa.select(sa.or_(*checks))).scalar())
+        if not (code or family or sid):
+            return False
+        query = _born_revoked_query(bool(code), bool(family), bool(sid))
+        return bool(conn.execute(query, {"code": code, "family": family, "sid": sid}).scalar())
 
     @_guarded
     def get_refresh_token(self, token_digest: str) -> RefreshTokenRecord | None:
@@ -387,7 +522,7 @@ class SQLStore:
             table.c.expires_at > now,
             table.c.family_expires_at > now,
         )
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             if not self._take(conn, table, key, *live):
                 return None
             row = conn.execute(sa.select(table).where(key)).one()
@@ -395,7 +530,7 @@ class SQLStore:
 
     @_guarded
     def revoke_family(self, family_id: str) -> None:
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._revoke_families(conn, [family_id])  # SQLite: write first
             self._lock(conn, families=[family_id])
             self._revoke_families(conn, [family_id])  # again: rows saved while we waited
@@ -408,6 +543,127 @@ class SQLStore:
             conn.execute(
                 sa.update(table).where(table.c.family_id.in_(family_ids)).values(revoked=True)
             )
+
+    # -- bulk revocation (clients remove, tokens revoke), what a user has ---------------------
+
+    @_guarded
+    def revoke_client_tokens(self, client_id: str, now: int) -> Revocation:
+        with self._begin() as conn:
+            return self._revoke_all(conn, "client_id", client_id, now)
+
+    @_guarded
+    def revoke_user_tokens(self, user_id: str, now: int) -> Revocation:
+        with self._begin() as conn:
+            return self._revoke_all(conn, "user_id", user_id, now)
+
+    def _revoke_all(self, conn: Connection, column: str, value: str, now: int) -> Revocation:
+        """Revoke everything of one client or one user (``column``), counting the live rows.
+
+        PostgreSQL: the owner's advisory lock is taken first and exclusively, so a token
+        save for this owner (which holds it shared, ``_lock``) either finished before and
+        is updated here, or waits and then finds its code marked replayed, its family
+        revoked or its session ended, and is born revoked (``save_issued_tokens``). No
+        per-family locks: a client may have more live families than PostgreSQL has lock
+        slots. Tables are updated in the order the other revocations use (sessions,
+        codes, refresh tokens, access tokens). SQLite: the first UPDATE takes the lock.
+        """
+        if self._engine.dialect.name == "postgresql":
+            owner = f"{column.removesuffix('_id')}:{value}"  # as in _owners
+            lock = sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(owner, 0))
+            conn.execute(sa.select(lock))
+        sessions, codes = schema.sessions, schema.authorization_codes
+        refresh, tokens = schema.refresh_tokens, schema.tokens
+        ended = 0
+        if column == "user_id":
+            ended = conn.execute(
+                sa.update(sessions)
+                .where(
+                    sessions.c.user_id == value,
+                    sessions.c.ended.is_(False),
+                    sessions.c.expires_at > now,
+                )
+                .values(ended=True)
+            ).rowcount
+        unexpired = (codes.c[column] == value, codes.c.expires_at > now)
+        voided = conn.execute(
+            sa.update(codes)
+            .where(*unexpired, codes.c.used.is_(False))
+            .values(used=True, replayed=True)
+        ).rowcount
+        # Redeemed a moment ago: the tokens being saved from them are born revoked.
+        conn.execute(sa.update(codes).where(*unexpired).values(replayed=True))
+        live_refresh = conn.execute(
+            sa.update(refresh)
+            .where(
+                refresh.c[column] == value,
+                refresh.c.revoked.is_(False),
+                refresh.c.used.is_(False),
+                refresh.c.expires_at > now,
+                refresh.c.family_expires_at > now,
+            )
+            .values(revoked=True)
+        ).rowcount
+        # Every link, so the families read as revoked when a racing rotation saves.
+        conn.execute(
+            sa.update(refresh)
+            .where(refresh.c[column] == value, refresh.c.revoked.is_(False))
+            .values(revoked=True)
+        )
+        live_access = conn.execute(
+            sa.update(tokens)
+            .where(
+                tokens.c[column] == value, tokens.c.revoked.is_(False), tokens.c.expires_at > now
+            )
+            .values(revoked=True)
+        ).rowcount
+        conn.execute(
+            sa.update(tokens)
+            .where(tokens.c[column] == value, tokens.c.revoked.is_(False))
+            .values(revoked=True)
+        )
+        return Revocation(int(live_access), int(live_refresh), int(voided), int(ended))
+
+    @_guarded
+    def user_activity(self, user_id: str, now: int) -> UserActivity:
+        sessions, links = schema.sessions, schema.session_clients
+        tokens, refresh = schema.tokens, schema.refresh_tokens
+        live_session = (
+            sessions.c.user_id == user_id,
+            sessions.c.ended.is_(False),
+            sessions.c.expires_at > now,
+        )
+        per_client = {
+            "sessions": sa.select(links.c.client_id, sa.func.count())
+            .select_from(links.join(sessions, sessions.c.sid == links.c.sid))
+            .where(*live_session, links.c.expires_at > now)
+            .group_by(links.c.client_id),
+            "access_tokens": sa.select(tokens.c.client_id, sa.func.count())
+            .where(
+                tokens.c.user_id == user_id,
+                tokens.c.revoked.is_(False),
+                tokens.c.expires_at > now,
+            )
+            .group_by(tokens.c.client_id),
+            "refresh_tokens": sa.select(refresh.c.client_id, sa.func.count())
+            .where(
+                refresh.c.user_id == user_id,
+                refresh.c.revoked.is_(False),
+                refresh.c.used.is_(False),
+                refresh.c.expires_at > now,
+                refresh.c.family_expires_at > now,
+            )
+            .group_by(refresh.c.client_id),
+        }
+        counts: dict[str, dict[str, int]] = {}
+        with self._engine.connect() as conn:
+            live = conn.execute(
+                sa.select(sa.func.count()).select_from(sessions).where(*live_session)
+            ).scalar_one()
+            for name, query in per_client.items():
+                for client_id, count in conn.execute(query):
+                    counts.setdefault(client_id, {})[name] = int(count)
+        clients = tuple(ClientActivity(cid, **counted) for cid, counted in sorted(counts.items()))
+        return UserActivity(int(live), clients)
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -433,7 +689,7 @@ class SQLStore:
     @_guarded
     def end_session(self, sid: str) -> list[str]:
         refresh, tokens = schema.refresh_tokens, schema.tokens
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 sa.update(schema.sessions).where(schema.sessions.c.sid == sid).values(ended=True)
             )
@@ -457,7 +713,7 @@ class SQLStore:
     def add_session_client(self, sid: str, client_id: str, expires_at: int) -> None:
         table = schema.session_clients
         values = {"sid": sid, "client_id": client_id, "expires_at": expires_at}
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._upsert(conn, table, values, {})
 
     # -- users -----------------------------------------------------------------------------
@@ -468,7 +724,7 @@ class SQLStore:
         values = {"profile": dict(user.profile), "updated_at": user.updated_at}
         # A login that did not ask for the UnionID must not erase the known one.
         unionid = sa.func.coalesce(user.unionid, table.c.unionid)
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._upsert(
                 conn,
                 table,
@@ -478,7 +734,9 @@ class SQLStore:
 
     @_guarded
     def get_user(self, user_id: str) -> UserRecord | None:
-        return self._one(UserRecord, schema.users, schema.users.c.user_id == user_id)
+        with self._engine.connect() as conn:
+            row = conn.execute(_GET_USER, {"key": user_id}).first()
+        return None if row is None else _record(UserRecord, row)
 
     @_guarded
     def find_user_by_unionid(self, unionid: str) -> UserRecord | None:
@@ -492,7 +750,7 @@ class SQLStore:
     ) -> None:
         table = schema.upstream_tokens
         values = {"ciphertext": ciphertext, "expires_at": expires_at, "updated_at": now}
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._upsert(conn, table, {"user_id": user_id, **values}, values)
 
     @_guarded
@@ -508,7 +766,7 @@ class SQLStore:
     def remember_jti(self, jti_digest: str, expires_at: int, now: int) -> bool:
         table = schema.used_jtis
         try:
-            with self._engine.begin() as conn:
+            with self._begin() as conn:
                 conn.execute(sa.delete(table).where(table.c.expires_at <= now))
                 conn.execute(sa.insert(table).values(jti_digest=jti_digest, expires_at=expires_at))
         except sa.exc.IntegrityError:
@@ -531,7 +789,7 @@ class SQLStore:
     @_guarded
     def retire_signing_key(self, kid: str, now: int) -> bool:
         table = schema.signing_keys
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             result = conn.execute(
                 sa.update(table)
                 .where(table.c.kid == kid, table.c.retired_at.is_(None))
@@ -542,7 +800,7 @@ class SQLStore:
     @_guarded
     def get_or_create_secret(self, name: str, value: str) -> str:
         table = schema.broker_secrets
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._upsert(conn, table, {"name": name, "value": value}, {})
             stored: str = conn.execute(
                 sa.select(table.c.value).where(table.c.name == name)
@@ -552,7 +810,7 @@ class SQLStore:
     @_guarded
     def acquire_lease(self, name: str, holder: str, now: int, ttl: int) -> bool:
         table = schema.leases
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             self._upsert(conn, table, {"name": name, "holder": holder, "expires_at": 0}, {})
             # One conditional UPDATE: of instances racing for a free lease, one matches.
             taken = conn.execute(
@@ -605,5 +863,5 @@ class SQLStore:
             .limit(batch)
             .with_for_update(skip_locked=True)
         )
-        with self._engine.begin() as conn:
+        with self._begin() as conn:
             return int(conn.execute(sa.delete(table).where(key.in_(victims))).rowcount)

@@ -73,6 +73,43 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "The login service is temporarily unavailable. Please try again shortly.",
         "zh-CN": "登录服务暂时不可用，请稍后再试。",
     },
+    # What the QQ connector's typed errors mean to the person at the browser
+    # (broker/connectors/base.py message keys; the operator hint goes to the log).
+    "upstream.cancelled": {
+        "en": "You cancelled the QQ login.",
+        "zh-CN": "您已取消 QQ 登录。",
+    },
+    "upstream.unavailable": {
+        "en": "QQ could not be reached. Please try again in a moment.",
+        "zh-CN": "暂时无法连接 QQ，请稍后再试。",
+    },
+    "upstream.misconfigured": {
+        "en": "QQ login is not set up correctly for this site. The site's administrator "
+        "has been told what to fix.",
+        "zh-CN": "本站的 QQ 登录配置有误，管理员可在日志中看到修复方法。",
+    },
+    "upstream.rejected": {
+        "en": "QQ refused this login request. Please try again; if it keeps happening, "
+        "contact the site's administrator.",
+        "zh-CN": "QQ 拒绝了本次登录请求。请重试；如果反复出现，请联系网站管理员。",
+    },
+    "upstream.protocol": {
+        "en": "QQ sent an answer this service does not understand. Please try again.",
+        "zh-CN": "QQ 返回了无法识别的结果，请重试。",
+    },
+    "upstream.code_invalid": {
+        "en": "The QQ login expired or was already used. Please sign in again.",
+        "zh-CN": "QQ 登录已过期或已被使用，请重新登录。",
+    },
+    "upstream.token_expired": {
+        "en": "Your QQ authorization has expired or was withdrawn. Please sign in again.",
+        "zh-CN": "您的 QQ 授权已过期或已被撤销，请重新登录。",
+    },
+    "upstream.unionid_not_enabled": {
+        "en": "This site needs a QQ permission (UnionID) it has not been granted. "
+        "The site's administrator has been told.",
+        "zh-CN": "本站需要的 QQ 权限（UnionID）尚未开通，管理员可在日志中看到说明。",
+    },
     "internal": {
         "en": "Something went wrong on our side. Please try again.",
         "zh-CN": "服务器内部错误，请重试。",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import secrets
 
 from authlib.oauth2 import OAuth2Error
@@ -99,6 +100,7 @@ def qq_callback() -> Response:
     try:
         outcome = provider().finish_login(args, request.cookies.get(browser_cookie_name()))
     except BadAuthorizationRequest as err:
+        provider().login_failed(err.message_key)
         return error_page(err.message_key, err.status, err.detail)
     response = _to_client(outcome)
     if outcome.session_secret:
@@ -135,12 +137,14 @@ def logout() -> Response:
     the confirmation form carries a token bound to this browser's session.
     """
     session_secret = request.cookies.get(cookie_name(SESSION_COOKIE))
+    confirm = logout_confirmation(session_secret)
+    confirmed = request.method == "POST" and hmac.compare_digest(
+        request.form.get("confirm", "").encode(), confirm.encode()
+    )
     try:
-        end_request = provider().logout.validate()
+        end_request = provider().logout.validate(confirmed=confirmed)
     except OAuth2Error as err:
         return error_page("logout_invalid", 400, err.description or err.error)
-    confirm = logout_confirmation(session_secret)
-    confirmed = request.method == "POST" and request.form.get("confirm") == confirm
     if not confirmed and provider().logout.needs_confirmation(end_request, session_secret):
         return confirm_logout_page(end_request, confirm)
     location = provider().logout.end(end_request, session_secret, confirmed)

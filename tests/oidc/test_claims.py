@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.config import ClaimsConfig, ClientConfig
+from broker.oidc.avatars import AvatarTokenExpired, AvatarUrls
 from broker.oidc.claims import (
     clean_nickname,
     pairwise_subject,
@@ -112,3 +113,37 @@ def test_optional_claims_follow_their_switches() -> None:
     assert opted["email"] == f"{OPENID}@qq-user.invalid" and opted["email_verified"] is False
     assert opted["gender"] == "male"
     assert opted["qq_openid"] == OPENID and opted["qq_unionid"] == "UID_X"
+
+
+def test_proxy_policy_seals_qq_avatars_and_treats_the_rest_as_https() -> None:
+    now = [1_000_000.0]
+    avatars = AvatarUrls("https://id.example", b"k" * 32, lifetime=60, clock=lambda: now[0])
+    proxied = picture_claim(OLD_AVATAR, "proxy", avatars)
+    assert proxied is not None and proxied.startswith("https://id.example/avatar/")
+    assert OPENID not in proxied and "qlogo" not in proxied
+    assert avatars.open(proxied.rsplit("/", 1)[1]) == (OLD_AVATAR, 1_000_060)
+    # Not a QQ avatar host: the https policy applies (kept if https, else dropped).
+    assert picture_claim("https://cdn.example/a.png", "proxy", avatars) == (
+        "https://cdn.example/a.png"
+    )
+    assert picture_claim("http://cdn.example/a.png", "proxy", avatars) is None
+    assert picture_claim("javascript:alert(1)", "proxy", avatars) is None
+    # Without a sealer (no app around), proxy is https.
+    assert picture_claim(NEW_AVATAR, "proxy") == "https" + NEW_AVATAR[4:]
+    now[0] += 60
+    with pytest.raises(AvatarTokenExpired):
+        avatars.open(proxied.rsplit("/", 1)[1])
+
+
+def test_proxied_picture_reaches_pairwise_clients() -> None:
+    avatars = AvatarUrls("https://id.example", b"k" * 32)
+    claims = user_claims(
+        client=client(subject="pairwise"),
+        user=user(OLD_AVATAR),
+        scope="openid profile",
+        subject=pairwise_subject("rp.example", OPENID, b"s" * 32),
+        claims_config=ClaimsConfig(picture="proxy"),
+        avatars=avatars,
+    )
+    assert claims["picture"].startswith("https://id.example/avatar/")
+    assert OPENID not in str(claims)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,43 @@ def test_logout_without_hint_asks_first(broker: Broker, emulator: Emulator) -> N
     done = browser.post(f"{broker.issuer}/logout", data={"confirm": confirm})
     assert done.status_code == 200 and "Location" not in done.headers
     assert not still_logged_in(broker, browser)
+
+
+def hidden_fields(page: str) -> dict[str, str]:
+    """The confirmation form's hidden inputs, as the browser would post them."""
+    fields = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page)
+    return {name: html.unescape(value) for name, value in fields}
+
+
+def test_confirmed_logout_without_hint_returns_to_the_rp_that_named_itself(
+    broker: Broker, emulator: Emulator
+) -> None:
+    """GitLab and Nextcloud send client_id and post_logout_redirect_uri, no hint (§3):
+    after the user confirms, the broker may send them back to that client's URI."""
+    browser, _ = logged_in(broker, emulator)
+    params = {"client_id": "rp-refresh", "post_logout_redirect_uri": LOGGED_OUT, "state": "s1"}
+    page = browser.get(f"{broker.issuer}/logout", params=params)
+    assert page.status_code == 200 and 'name="confirm"' in page.text
+    form = hidden_fields(page.text)
+    forged = browser.post(
+        f"{broker.issuer}/logout", data={**form, "confirm": "guess"}, allow_redirects=False
+    )
+    assert "Location" not in forged.headers and still_logged_in(broker, browser)
+    done = browser.post(f"{broker.issuer}/logout", data=form, allow_redirects=False)
+    assert done.status_code in (302, 303) and done.headers["Location"].startswith(LOGGED_OUT)
+    assert query_of(done.headers["Location"])["state"] == "s1"
+    assert not still_logged_in(broker, browser)
+
+
+def test_confirmed_logout_never_redirects_to_another_clients_uri(
+    broker: Broker, emulator: Emulator
+) -> None:
+    browser, _ = logged_in(broker, emulator)
+    params = {"client_id": "rp-basic", "post_logout_redirect_uri": LOGGED_OUT}
+    page = browser.get(f"{broker.issuer}/logout", params=params)
+    done = browser.post(f"{broker.issuer}/logout", data=hidden_fields(page.text),
+                        allow_redirects=False)  # fmt: skip
+    assert "Location" not in done.headers and not still_logged_in(broker, browser)
 
 
 def test_forged_hints_get_an_error_page_and_change_nothing(

@@ -27,7 +27,15 @@ from broker.storage import (
     UserRecord,
     schema,
 )
-from broker.storage.base import RefreshTokenRecord, SessionRecord, SigningKeyRecord, digest
+from broker.storage.base import (
+    ClientActivity,
+    RefreshTokenRecord,
+    Revocation,
+    SessionRecord,
+    SigningKeyRecord,
+    UserActivity,
+    digest,
+)
 from tests.pg import fresh_schema
 from tests.servers import free_port
 
@@ -440,6 +448,13 @@ STORE_CALLS: list[tuple[str, tuple[object, ...]]] = [
     ("ping", ()),
     ("get_client", ("c",)),
     ("sync_clients", ([ClientRecord("c", None, {})],)),
+    ("list_clients", ()),
+    ("add_client", (ClientRecord("c", None, {}, "cli"), NOW)),
+    ("delete_client", ("c", NOW)),
+    ("set_client_secret", ("c", "d")),
+    ("revoke_client_tokens", ("rp", NOW)),
+    ("revoke_user_tokens", ("U", NOW)),
+    ("user_activity", ("U", NOW)),
     ("create_login", (LoginTransaction("d", "rp", {}, "b", 0, 1),)),
     ("consume_login", ("d", "b")),
     ("login_status", ("d",)),
@@ -508,3 +523,169 @@ def test_a_table_that_disappears_gives_storage_errors_and_recovers(store: Store)
     assert store.get_user("U-gone") is None
     store.upsert_user(UserRecord("U-gone", None, {}, 3))
     assert store.get_user("U-gone") is not None
+
+
+# --------------------------------------------------------------------------- clients, revocation
+
+
+def cli_client(client_id: str, secret: str | None = "s") -> ClientRecord:
+    metadata = {"redirect_uris": ["https://rp.test/cb"], "token_endpoint_auth_method": "none"}
+    return ClientRecord(client_id, digest(secret) if secret else None, metadata, "cli")
+
+
+def test_cli_clients_are_added_once_and_outlive_config_syncs(store: Store) -> None:
+    store.sync_clients([ClientRecord("conf", digest("c"), {"redirect_uris": ["x"]})])
+    assert store.add_client(cli_client("cli-b"), NOW) is True
+    assert store.add_client(cli_client("cli-a"), NOW) is True
+    assert store.add_client(cli_client("cli-a", "other"), NOW) is False  # nothing changed
+    assert store.add_client(cli_client("conf"), NOW) is False
+    assert store.get_client("cli-a") == cli_client("cli-a")
+    assert store.get_client("conf").source == "config"  # type: ignore[union-attr]
+    assert [c.client_id for c in store.list_clients()] == ["cli-a", "cli-b", "conf"]
+    store.sync_clients([])  # a config without clients removes config rows only
+    assert [c.client_id for c in store.list_clients()] == ["cli-a", "cli-b"]
+
+
+def test_only_cli_clients_get_new_secrets_or_are_deleted(store: Store) -> None:
+    store.sync_clients([ClientRecord("conf", digest("c"), {})])
+    store.add_client(cli_client("cli"), NOW)
+    assert store.set_client_secret("cli", digest("new")) is True
+    assert store.get_client("cli").secret_digest == digest("new")  # type: ignore[union-attr]
+    assert store.set_client_secret("conf", digest("new")) is False
+    assert store.get_client("conf").secret_digest == digest("c")  # type: ignore[union-attr]
+    assert store.set_client_secret("nobody", digest("new")) is False
+    assert store.delete_client("conf", NOW) is None
+    assert store.get_client("conf") is not None
+    assert store.delete_client("cli", NOW) == Revocation()
+    assert store.get_client("cli") is None
+    assert store.delete_client("cli", NOW) is None
+
+
+def seed_tokens(store: Store, client: str, user: str, name: str, sid: str | None = None) -> None:
+    """For one client and user: a live access token and refresh family (with a used link),
+    an expired access token, an unredeemed code and a redeemed one."""
+    family = f"fam-{name}"
+    store.save_refresh_token(
+        dataclasses.replace(
+            refresh_record(f"used-{name}", family=family), client_id=client, user_id=user, sid=sid
+        )
+    )
+    assert store.rotate_refresh_token(digest(f"used-{name}"), NOW) is not None
+    access, refresh = issued(name, family, sid=sid)
+    store.save_issued_tokens(
+        dataclasses.replace(access, client_id=client, user_id=user),
+        dataclasses.replace(refresh, client_id=client, user_id=user),
+    )
+    store.save_token(TokenRecord(digest(f"old-{name}"), client, user, "openid", 0, NOW - 1, 0))
+    for code in (f"code-{name}", f"redeemed-{name}"):
+        store.save_code(dataclasses.replace(code_record(code), client_id=client, user_id=user))
+    assert store.consume_code(digest(f"redeemed-{name}"), NOW) is not None
+
+
+def revoked(store: Store, name: str) -> tuple[bool, bool, bool]:
+    """(access token, refresh token, unredeemed code) of ``seed_tokens(name)`` are dead."""
+    access = store.get_token(digest(f"at-{name}"))
+    refresh = store.get_refresh_token(digest(f"rt-{name}"))
+    assert access is not None and refresh is not None
+    code_dead = store.consume_code(digest(f"code-{name}"), NOW) is None
+    return access.revoked, refresh.revoked, code_dead
+
+
+def test_revoking_a_clients_tokens_reaches_all_of_them_and_nothing_else(store: Store) -> None:
+    seed_tokens(store, "rp-x", "U1", "x1")
+    seed_tokens(store, "rp-x", "U2", "x2")
+    seed_tokens(store, "rp-y", "U1", "y1")
+    done = store.revoke_client_tokens("rp-x", NOW)
+    assert done == Revocation(access_tokens=2, refresh_tokens=2, codes=2, sessions=0)
+    assert revoked(store, "x1") == revoked(store, "x2") == (True, True, True)
+    assert store.get_refresh_token(digest("used-x1")).revoked  # type: ignore[union-attr]
+    assert store.get_token(digest("at-y1")).revoked is False  # type: ignore[union-attr]
+    assert store.rotate_refresh_token(digest("rt-y1"), NOW) is not None
+    # What is issued later from the revoked families or redeemed codes is born revoked.
+    late, late_refresh = issued("late", "fam-x1", code="redeemed-x2")
+    store.save_issued_tokens(
+        dataclasses.replace(late, client_id="rp-x"),
+        dataclasses.replace(late_refresh, client_id="rp-x"),
+    )
+    assert store.get_token(digest("at-late")).revoked  # type: ignore[union-attr]
+    assert store.get_refresh_token(digest("rt-late")).revoked  # type: ignore[union-attr]
+    assert store.revoke_client_tokens("rp-x", NOW) == Revocation()  # live ones only are counted
+
+
+def test_revoking_a_users_tokens_ends_their_sessions(store: Store) -> None:
+    store.create_session(SessionRecord("sid-u", digest("cookie-u"), "U1", 1, NOW + 600))
+    store.create_session(SessionRecord("sid-v", digest("cookie-v"), "U2", 1, NOW + 600))
+    seed_tokens(store, "rp-x", "U1", "u-x", sid="sid-u")
+    seed_tokens(store, "rp-y", "U1", "u-y")
+    seed_tokens(store, "rp-x", "U2", "v-x", sid="sid-v")
+    done = store.revoke_user_tokens("U1", NOW)
+    assert done == Revocation(access_tokens=2, refresh_tokens=2, codes=2, sessions=1)
+    assert revoked(store, "u-x") == revoked(store, "u-y") == (True, True, True)
+    assert store.find_session(digest("cookie-u"), NOW) is None
+    assert store.find_session(digest("cookie-v"), NOW) is not None
+    assert store.get_token(digest("at-v-x")).revoked is False  # type: ignore[union-attr]
+    store.save_token(
+        TokenRecord(digest("at-sso"), "rp-z", "U1", "openid", NOW, NOW + 60, 1, sid="sid-u")
+    )
+    assert store.get_token(digest("at-sso")).revoked  # type: ignore[union-attr]
+
+
+def test_removing_a_client_revokes_its_tokens_and_a_new_one_inherits_none(store: Store) -> None:
+    store.add_client(cli_client("rp-gone"), NOW)
+    seed_tokens(store, "rp-gone", "U1", "gone")
+    assert store.delete_client("rp-gone", NOW) == Revocation(1, 1, 1, 0)
+    assert revoked(store, "gone") == (True, True, True)
+    # Tokens saved for the id after its removal (an instance's stale cache) die when it
+    # is registered again.
+    seed_tokens(store, "rp-gone", "U1", "stale")
+    assert store.add_client(cli_client("rp-gone"), NOW) is True
+    assert revoked(store, "stale") == (True, True, True)
+
+
+def test_user_activity_counts_live_sessions_and_tokens_per_client(store: Store) -> None:
+    assert store.user_activity("U1", NOW) == UserActivity(sessions=0)
+    store.create_session(SessionRecord("sid-a", digest("ca"), "U1", 1, NOW + 600))
+    store.create_session(SessionRecord("sid-old", digest("co"), "U1", 1, NOW - 1))
+    store.create_session(SessionRecord("sid-other", digest("cx"), "U2", 1, NOW + 600))
+    store.add_session_client("sid-a", "rp-x", NOW + 600)
+    store.add_session_client("sid-a", "rp-s", NOW + 600)
+    store.add_session_client("sid-old", "rp-x", NOW + 600)
+    store.add_session_client("sid-other", "rp-x", NOW + 600)
+    seed_tokens(store, "rp-x", "U1", "a1", sid="sid-a")
+    seed_tokens(store, "rp-y", "U1", "a2")
+    seed_tokens(store, "rp-x", "U2", "a3")
+    store.save_token(TokenRecord(digest("at-a4"), "rp-y", "U1", "openid", NOW, NOW + 60, 1))
+    store.revoke_access_token(digest("at-a2"))
+    assert store.user_activity("U1", NOW) == UserActivity(
+        sessions=1,
+        clients=(
+            ClientActivity("rp-s", sessions=1),
+            ClientActivity("rp-x", sessions=1, access_tokens=1, refresh_tokens=1),
+            ClientActivity("rp-y", access_tokens=1, refresh_tokens=1),
+        ),
+    )
+
+
+def test_a_client_revocation_racing_token_saves_revokes_what_they_save(store: Store) -> None:
+    for n in range(ROUNDS):
+        code = f"bulk-code-{n}"
+        store.save_code(code_record(code))
+        assert store.consume_code(digest(code), NOW) is not None  # the winner, about to save
+        access, refresh = issued(f"bulk-c-{n}", f"bulk-c-fam-{n}", code=code)
+        save_racing(store, access, refresh, lambda: store.revoke_client_tokens("rp", NOW))
+        family = f"bulk-r-fam-{n}"
+        store.save_refresh_token(refresh_record(f"bulk-first-{n}", family=family))
+        assert store.rotate_refresh_token(digest(f"bulk-first-{n}"), NOW) is not None
+        access, refresh = issued(f"bulk-r-{n}", family)
+        save_racing(store, access, refresh, lambda: store.revoke_client_tokens("rp", NOW))
+
+
+def test_a_user_revocation_racing_token_saves_revokes_what_they_save(store: Store) -> None:
+    for n in range(ROUNDS):
+        sid = f"bulk-sid-{n}"
+        store.create_session(SessionRecord(sid, digest(f"bulk-cookie-{n}"), "U", 1, NOW + 600))
+        code = f"bulk-u-code-{n}"
+        store.save_code(code_record(code))
+        assert store.consume_code(digest(code), NOW) is not None
+        access, refresh = issued(f"bulk-u-{n}", f"bulk-u-fam-{n}", code=code, sid=sid)
+        save_racing(store, access, refresh, lambda: store.revoke_user_tokens("U", NOW))

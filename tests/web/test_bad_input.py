@@ -371,3 +371,14 @@ def test_health_and_readiness(broker: Broker) -> None:
     assert requests.get(f"{broker.issuer}/healthz", timeout=5).json() == {"status": "ok"}
     ready = requests.get(f"{broker.issuer}/readyz", timeout=5)
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_every_connector_message_key_speaks_both_languages() -> None:
+    """Point 1 of the ops issue: each QQ error (through its message key) has a
+    plain-language message for the user in zh-CN and en, never the generic fallback."""
+    from broker.connectors.base import MESSAGE_KEYS
+    from broker.web.messages import LOCALES, MESSAGES
+
+    for key in MESSAGE_KEYS:
+        assert key in MESSAGES, key
+        assert set(MESSAGES[key]) == set(LOCALES), key
