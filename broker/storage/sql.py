@@ -172,6 +172,11 @@ def _born_revoked_query(code: bool, family: bool, sid: bool) -> sa.Select[Any]:
     return sa.select(sa.or_(*checks))
 
 
+def _lock_key(name: str) -> Any:
+    """The 64-bit advisory lock key of a lock name (PostgreSQL's own string hash)."""
+    return sa.func.hashtextextended(name, 0)
+
+
 class SQLStore:
     """:class:`broker.storage.base.Store` on SQLAlchemy Core."""
 
@@ -488,15 +493,15 @@ class SQLStore:
         """
         if self._engine.dialect.name != "postgresql":
             return
-        for owner in owners:
-            conn.execute(
-                sa.select(sa.func.pg_advisory_xact_lock_shared(sa.func.hashtextextended(owner, 0)))
-            )
         keys = [f"code:{code}"] if code else []
         keys += [f"family:{f}" for f in sorted({f for f in families if f})]
         keys += [f"session:{sid}"] if sid else []
-        for key in keys:
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtextextended(key, 0))))
+        locks = [sa.func.pg_advisory_xact_lock_shared(_lock_key(owner)) for owner in owners]
+        locks += [sa.func.pg_advisory_xact_lock(_lock_key(key)) for key in keys]
+        if locks:
+            # One round trip: PostgreSQL evaluates a select list left to right, so the
+            # locks are still taken in the order above.
+            conn.execute(sa.select(*locks))
 
     @staticmethod
     def _born_revoked(
