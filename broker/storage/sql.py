@@ -144,10 +144,31 @@ _CONSUME_CODE = (
     .values(used=True)
     .returning(*_codes.c)
 )
+_logins = schema.login_transactions
+#: Take a pending login (its browser must match) and read it back, in one statement.
+_CONSUME_LOGIN = (
+    sa.update(_logins)
+    .where(
+        _logins.c.state_digest == sa.bindparam("key"),
+        _logins.c.browser_digest == sa.bindparam("browser"),
+        _logins.c.used.is_(False),
+    )
+    .values(used=True)
+    .returning(*_logins.c)
+)
 _GET_USER = sa.select(_users).where(_users.c.user_id == sa.bindparam("key"))
 _GET_TOKEN = sa.select(_tokens).where(_tokens.c.token_digest == sa.bindparam("key"))
 _INSERT_TOKEN = sa.insert(_tokens)
 _INSERT_REFRESH_TOKEN = sa.insert(schema.refresh_tokens)
+_INSERTS: dict[sa.Table, sa.Insert] = {}
+
+
+def _insert_into(table: sa.Table) -> sa.Insert:
+    """``INSERT INTO table``, built once; the columns come from the parameters."""
+    statement = _INSERTS.get(table)
+    if statement is None:
+        statement = _INSERTS[table] = sa.insert(table)
+    return statement
 
 
 @functools.cache
@@ -229,7 +250,7 @@ class SQLStore:
 
     def _insert(self, table: sa.Table, record: Any) -> None:
         with self._begin() as conn:
-            conn.execute(sa.insert(table).values(**_values(record)))
+            conn.execute(_insert_into(table), _values(record))
 
     def _upsert(
         self, conn: Connection, table: sa.Table, values: dict[str, Any], update: dict[str, Any]
@@ -326,13 +347,10 @@ class SQLStore:
 
     @_guarded
     def consume_login(self, state_digest: str, browser_digest: str) -> LoginTransaction | None:
-        table = schema.login_transactions
-        key = table.c.state_digest == state_digest
+        params = {"key": state_digest, "browser": browser_digest}
         with self._begin() as conn:
-            if not self._take(conn, table, key, table.c.browser_digest == browser_digest):
-                return None
-            row = conn.execute(sa.select(table).where(key)).one()
-        return _record(LoginTransaction, row)
+            row = conn.execute(_CONSUME_LOGIN, params).first()
+        return None if row is None else _record(LoginTransaction, row)
 
     @_guarded
     def login_status(self, state_digest: str) -> str:
