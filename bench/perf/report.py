@@ -218,6 +218,10 @@ def table(results: Mapping[str, Any]) -> str:
     for alg, run in ours["token"].items():
         lines.append(_row(f"  token {alg} (code redemption)", run,
                           ceil["ceiling"].get(alg), peer_tokens.get(alg)))  # fmt: skip
+    for side, tokens in (("broker", ours["token"]), ("peer", peer_tokens)):
+        for alg, run in tokens.items():
+            if run.get("codes_ran_out"):
+                lines.append(f"    ({side} token {alg}: codes ran out, the figure is invalid)")
     lines.append(_row("  userinfo", ours.get("userinfo"), bare, peer.get("userinfo")))
     lines.append(_row("  JWKS", ours.get("jwks"), bare, peer.get("jwks")))
     lines.append(_row("  discovery", ours.get("discovery"), bare, peer.get("discovery")))

@@ -208,8 +208,8 @@ class SQLStore:
             raise StorageError(f"cannot use storage.url: {exc}") from exc
         # SQLite has one writer at a time. Threads of this process that race for it meet
         # SQLite's busy handler, which sleeps 1, 2, 5 ... 100 ms between retries: under
-        # load that is most of a request's latency (p99 in whole seconds) and idle
-        # cores. A lock in the process queues them instead and hands over at once;
+        # load that is most of a request's latency (a p99 of half a second and more) and
+        # idle cores. A lock in the process queues them instead and hands over at once;
         # busy_timeout still covers another process (``qq-oidc-broker`` commands).
         # PostgreSQL locks rows, not the database: no process-wide lock there.
         self._writer: AbstractContextManager[Any] = (
