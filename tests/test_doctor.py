@@ -8,9 +8,7 @@ writes the config doctor reads, pointing at that broker and that emulator.
 
 from __future__ import annotations
 
-import datetime
 import http.server
-import ipaddress
 import json
 import os
 import re
@@ -30,16 +28,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from broker.app import create_app
 from broker.config import load_config
 from broker.emulator import EmulatorSettings, create_emulator_app
 from broker.keys import KeyRing
-from tests.servers import ServedApp, free_port, serve
+from tests.servers import ServedApp, free_port, self_signed, serve
 
 REPO = Path(__file__).resolve().parent.parent
 APP_ID = "101000001"
@@ -486,7 +480,7 @@ class _Discovery(http.server.BaseHTTPRequestHandler):
 @contextmanager
 def tls_server(directory: Path) -> Iterator[str]:
     """An https server on 127.0.0.1 with a self-signed certificate nobody trusts."""
-    cert, key = _self_signed(directory)
+    cert, key = self_signed(directory)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Discovery)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
@@ -501,31 +495,3 @@ def tls_server(directory: Path) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path

@@ -160,15 +160,12 @@ _GET_USER = sa.select(_users).where(_users.c.user_id == sa.bindparam("key"))
 _GET_TOKEN = sa.select(_tokens).where(_tokens.c.token_digest == sa.bindparam("key"))
 _INSERT_TOKEN = sa.insert(_tokens)
 _INSERT_REFRESH_TOKEN = sa.insert(schema.refresh_tokens)
-_INSERTS: dict[sa.Table, sa.Insert] = {}
 
 
+@functools.cache
 def _insert_into(table: sa.Table) -> sa.Insert:
     """``INSERT INTO table``, built once; the columns come from the parameters."""
-    statement = _INSERTS.get(table)
-    if statement is None:
-        statement = _INSERTS[table] = sa.insert(table)
-    return statement
+    return sa.insert(table)
 
 
 @functools.cache

@@ -16,13 +16,11 @@ suite turns red the moment it gets fixed (and the marker must go).
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import hmac
 import http.client
 import importlib.metadata
 import importlib.util
-import ipaddress
 import itertools
 import json
 import logging
@@ -50,10 +48,8 @@ from urllib.parse import quote, urlencode, urlsplit
 import jwt
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from flask import Flask, request
 from itsdangerous import BadSignature
 from packaging.requirements import Requirement
@@ -69,7 +65,7 @@ from broker.storage.base import digest
 from tests.conftest import APP_ID, RP, Broker, Emulator, broker_config, client_definitions
 from tests.flows import authorize_url, follow_until, query_of
 from tests.security.conftest import Listener, start_listener
-from tests.servers import ServedApp, free_port, serve
+from tests.servers import ServedApp, free_port, self_signed, serve
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 30
@@ -1879,38 +1875,6 @@ def test_up_12_production_config_pins_the_upstream(tmp_path: Path, emulator: Emu
             )
     pinned = production_config(tmp_path, key)
     assert pinned.upstream.qq.base_url == "https://graph.qq.com"
-
-
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "graph.qq.com")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("graph.qq.com"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "qq.crt", tmp_path / "qq.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 @dataclass
