@@ -21,7 +21,8 @@ login_transactions = sa.Table(
     sa.Column("state_digest", sa.String(64), primary_key=True),
     sa.Column("client_id", sa.String(255), nullable=False),
     sa.Column("request_params", sa.JSON, nullable=False),
-    sa.Column("browser_digest", sa.String(64), nullable=False),
+    # /authorize caps a browser's pending logins by this column (cap_pending_logins).
+    sa.Column("browser_digest", sa.String(64), nullable=False, index=True),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
     sa.Column("used", sa.Boolean, nullable=False, default=False),
@@ -78,7 +79,8 @@ refresh_tokens = sa.Table(
     sa.Column("sid", sa.String(64), nullable=True, index=True),
     sa.Column("issued_at", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
-    sa.Column("family_expires_at", sa.BigInteger, nullable=False),
+    # What purge_expired deletes refresh tokens by (a used link stays until its family ends).
+    sa.Column("family_expires_at", sa.BigInteger, nullable=False, index=True),
     sa.Column("claims_request", sa.JSON, nullable=True),
     # Rotated tokens stay (used) until they expire, so a reuse is recognised (RFC 9700 §4.14.2).
     sa.Column("used", sa.Boolean, nullable=False, default=False),

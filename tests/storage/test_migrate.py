@@ -60,6 +60,40 @@ def test_a_database_from_before_migrations_is_stamped_and_upgraded(url: str) -> 
     store.close()
 
 
+LOOKUP_INDEXES = {
+    ("login_transactions", "ix_login_transactions_browser_digest", ("browser_digest",)),
+    ("refresh_tokens", "ix_refresh_tokens_family_expires_at", ("family_expires_at",)),
+}
+
+
+def _lookup_indexes(engine: sa.Engine) -> set[tuple[str, str, tuple[str, ...]]]:
+    inspector = sa.inspect(engine)
+    return {
+        (table, str(index["name"]), tuple(str(c) for c in index["column_names"]))
+        for table in ("login_transactions", "refresh_tokens")
+        for index in inspector.get_indexes(table)
+    } & LOOKUP_INDEXES
+
+
+def test_0004_indexes_the_hot_lookups_and_downgrades(url: str) -> None:
+    """cap_pending_logins (browser_digest) and purge_expired (family_expires_at) use them."""
+    store = SQLStore(url)
+    store.create_schema()
+    engine = sa.create_engine(url)
+    assert _lookup_indexes(engine) == LOOKUP_INDEXES
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.downgrade(migrate._alembic_config(conn), "0003")
+    assert _lookup_indexes(engine) == set()
+    assert store.schema_revision()[0] == "0003"
+    store.create_schema()  # back to head, as an instance of the new version would
+    assert _lookup_indexes(engine) == LOOKUP_INDEXES
+    assert store.schema_revision()[0] == migrate.head_revision()
+    engine.dispose()
+    store.close()
+
+
 def test_instances_starting_together_migrate_once_without_errors(url: str) -> None:
     errors: list[BaseException] = []
     barrier = threading.Barrier(4)
