@@ -8,7 +8,9 @@ two instances) racing for it cannot both win.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -35,6 +37,7 @@ from broker.storage.base import (
     UserActivity,
     UserRecord,
 )
+from broker.storage.prepared import Cursor, Statements
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,20 +51,40 @@ def _guarded(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except sa.exc.SQLAlchemyError as exc:
+        except _STORAGE_ERRORS as exc:
             raise StorageError(f"database error in {method.__name__}: {_describe(exc)}") from exc
 
     return wrapper
 
 
-def _describe(exc: sa.exc.SQLAlchemyError) -> str:
+def _describe(exc: Exception) -> str:
     """The error class, and for a failed connection the driver's first line (it names the
     host and port, never the password); never the SQL or its parameters."""
     name = type(exc).__name__
-    if isinstance(exc, sa.exc.OperationalError) and exc.orig is not None:
-        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+    orig = exc.orig if isinstance(exc, sa.exc.OperationalError) else None
+    if orig is None and isinstance(exc, _DRIVER_ERRORS):  # the prepared statements' path
+        orig = exc if "operational" in name.lower() else None
+    if orig is not None:
+        first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
         return f"{name} ({first[:200]})" if first else name
     return name
+
+
+def _driver_errors() -> tuple[type[Exception], ...]:
+    """The drivers' own base errors: raised by the prepared statements (prepared.py),
+    which run on the driver's cursor without SQLAlchemy wrapping them."""
+    import sqlite3
+
+    errors: list[type[Exception]] = [sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return tuple(errors)
+    return (*errors, psycopg.Error)
+
+
+_DRIVER_ERRORS = _driver_errors()
+_STORAGE_ERRORS: tuple[type[Exception], ...] = (sa.exc.SQLAlchemyError, *_DRIVER_ERRORS)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -125,7 +148,10 @@ def _values(record: Any) -> dict[str, Any]:
 
 def _record(cls: type[Rec], row: Any) -> Rec:
     """Build a record dataclass from a row with the same column names."""
-    mapping = row._mapping
+    return _from_mapping(cls, row._mapping)
+
+
+def _from_mapping(cls: type[Rec], mapping: Mapping[str, Any]) -> Rec:
     return cls(**{name: mapping[name] for name in _field_names(cls) if name in mapping})
 
 
@@ -160,6 +186,13 @@ _GET_USER = sa.select(_users).where(_users.c.user_id == sa.bindparam("key"))
 _GET_TOKEN = sa.select(_tokens).where(_tokens.c.token_digest == sa.bindparam("key"))
 _INSERT_TOKEN = sa.insert(_tokens)
 _INSERT_REFRESH_TOKEN = sa.insert(schema.refresh_tokens)
+_REVOKE_TOKEN = (
+    sa.update(_tokens).where(_tokens.c.token_digest == sa.bindparam("key")).values(revoked=True)
+)
+_REVOKE_FAMILY_TOKENS, _REVOKE_FAMILY_REFRESH_TOKENS = (
+    sa.update(table).where(table.c.family_id == sa.bindparam("family")).values(revoked=True)
+    for table in (_tokens, schema.refresh_tokens)
+)
 
 
 @functools.cache
@@ -190,9 +223,71 @@ def _born_revoked_query(code: bool, family: bool, sid: bool) -> sa.Select[Any]:
     return sa.select(sa.or_(*checks))
 
 
-def _lock_key(name: str) -> Any:
+def _lock_key(name: Any) -> Any:
     """The 64-bit advisory lock key of a lock name (PostgreSQL's own string hash)."""
     return sa.func.hashtextextended(name, 0)
+
+
+@functools.cache
+def _lock_statement(shared: int, exclusive: int) -> sa.Select[Any]:
+    """Take ``shared`` then ``exclusive`` advisory locks (names ``s0``.., ``x0``..) in one
+    round trip: PostgreSQL evaluates a select list left to right, so in that order."""
+    locks = [
+        sa.func.pg_advisory_xact_lock_shared(_lock_key(sa.bindparam(f"s{i}", type_=sa.Text)))
+        for i in range(shared)
+    ]
+    locks += [
+        sa.func.pg_advisory_xact_lock(_lock_key(sa.bindparam(f"x{i}", type_=sa.Text)))
+        for i in range(exclusive)
+    ]
+    return sa.select(*locks)
+
+
+class SQLiteWriterLock:
+    """Queue SQLite's writers (threads, and the workers of ``server.workers``) on a lock.
+
+    SQLite has one writer at a time. Writers that race for it meet SQLite's busy
+    handler, which sleeps 1, 2, 5 ... 100 ms between retries: under load that sleep is
+    most of a request's latency (a p99 of half a second and more) while the core idles.
+    A lock hands over at once instead: a reentrant lock for this process's threads, then
+    an ``flock`` on a file beside the database for the other processes on that file
+    (pre-forked workers, ``qq-oidc-broker`` commands). ``busy_timeout`` still covers a
+    writer that takes no such lock (an older version, the sqlite3 shell).
+    """
+
+    def __init__(self, database: str | None) -> None:
+        self._threads = threading.RLock()
+        self._depth = 0
+        # A plain file path; an in-memory database (or a ``file:`` URI) has no other process.
+        on_disk = database not in (None, "", ":memory:") and not str(database).startswith("file:")
+        self._path = f"{database}.writer.lock" if on_disk else None
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        self._depth += 1
+        if self._depth == 1 and self._path is not None:
+            try:
+                if self._fd is None:
+                    # Opened lazily: the store may be built before a fork (serve's parent).
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except OSError:
+                # No lock file (read-only directory): SQLite's busy handler still
+                # serializes the processes, only more slowly.
+                self._path = None
+
+    def __exit__(self, *_exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._path is not None and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
+
+    def close(self) -> None:
+        with self._threads:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
 
 class SQLStore:
@@ -203,14 +298,12 @@ class SQLStore:
             self._engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StorageError(f"cannot use storage.url: {exc}") from exc
-        # SQLite has one writer at a time. Threads of this process that race for it meet
-        # SQLite's busy handler, which sleeps 1, 2, 5 ... 100 ms between retries: under
-        # load that is most of a request's latency (a p99 of half a second and more) and
-        # idle cores. A lock in the process queues them instead and hands over at once;
-        # busy_timeout still covers another process (``qq-oidc-broker`` commands).
-        # PostgreSQL locks rows, not the database: no process-wide lock there.
+        self._statements = Statements(self._engine)
+        # PostgreSQL locks rows, not the database: no writer lock there.
         self._writer: AbstractContextManager[Any] = (
-            threading.RLock() if self._engine.dialect.name == "sqlite" else nullcontext()
+            SQLiteWriterLock(self._engine.url.database)
+            if self._engine.dialect.name == "sqlite"
+            else nullcontext()
         )
 
     @_guarded
@@ -232,6 +325,18 @@ class SQLStore:
 
     def close(self) -> None:
         self._engine.dispose()
+        if isinstance(self._writer, SQLiteWriterLock):
+            self._writer.close()
+
+    @contextmanager
+    def _prepared(self, *, write: bool) -> Iterator[Cursor]:
+        """A cursor for the per-request statements (prepared.py), committed at the end of
+        a write, which queues behind the other writers like ``_begin``."""
+        with (
+            self._writer if write else nullcontext(),
+            self._statements.cursor(commit=write) as cursor,
+        ):
+            yield cursor
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
@@ -381,9 +486,9 @@ class SQLStore:
 
     @_guarded
     def consume_code(self, code_digest: str, now: int) -> AuthorizationCodeRecord | None:
-        with self._begin() as conn:
-            row = conn.execute(_CONSUME_CODE, {"key": code_digest, "now": now}).first()
-        return None if row is None else _record(AuthorizationCodeRecord, row)
+        with self._prepared(write=True) as db:
+            row = db.first(_CONSUME_CODE, {"key": code_digest, "now": now})
+        return None if row is None else _from_mapping(AuthorizationCodeRecord, row)
 
     @_guarded
     def code_was_used(self, code_digest: str) -> bool:
@@ -410,33 +515,36 @@ class SQLStore:
         saved row: no interleaving lets a token escape.
         """
         family = access.family_id or (refresh.family_id if refresh else None)
-        with self._begin() as conn:
+        code, sid = access.code_digest, access.sid
+        # Prepared statements (prepared.py): this runs once per token response.
+        with self._prepared(write=True) as db:
             # SQLite: the INSERT comes first, so the transaction holds the write lock
             # before it reads (writers are serialized; PostgreSQL needs the locks below).
-            conn.execute(_INSERT_TOKEN, _values(access))
+            db.execute(_INSERT_TOKEN, _values(access))
             if refresh is not None:
-                conn.execute(_INSERT_REFRESH_TOKEN, _values(refresh))
-            self._lock(
-                conn,
+                db.execute(_INSERT_REFRESH_TOKEN, _values(refresh))
+            locks = self._locks(
                 owners=_owners(access.client_id, access.user_id),
-                code=access.code_digest,
+                code=code,
                 families=[family],
-                sid=access.sid,
+                sid=sid,
             )
-            if self._born_revoked(conn, access.code_digest, family, access.sid):
+            if locks is not None:
+                db.scalar(*locks)
+            if not (code or family or sid):
+                return
+            revoked = _born_revoked_query(bool(code), bool(family), bool(sid))
+            if db.scalar(revoked, {"code": code, "family": family, "sid": sid}):
                 if family:
-                    self._revoke_families(conn, [family])
-                conn.execute(
-                    sa.update(schema.tokens)
-                    .where(schema.tokens.c.token_digest == access.token_digest)
-                    .values(revoked=True)
-                )
+                    db.execute(_REVOKE_FAMILY_REFRESH_TOKENS, {"family": family})
+                    db.execute(_REVOKE_FAMILY_TOKENS, {"family": family})
+                db.execute(_REVOKE_TOKEN, {"key": access.token_digest})
 
     @_guarded
     def get_token(self, token_digest: str) -> TokenRecord | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(_GET_TOKEN, {"key": token_digest}).first()
-        return None if row is None else _record(TokenRecord, row)
+        with self._prepared(write=False) as db:
+            row = db.first(_GET_TOKEN, {"key": token_digest})
+        return None if row is None else _from_mapping(TokenRecord, row)
 
     @_guarded
     def revoke_access_token(self, token_digest: str) -> None:
@@ -506,17 +614,29 @@ class SQLStore:
         exclusively (``_revoke_all``), which takes no other lock.
         SQLite needs none: its writers are serialized, and these transactions write first.
         """
+        locks = self._locks(owners=owners, code=code, families=families, sid=sid)
+        if locks is not None:
+            conn.execute(*locks)
+
+    def _locks(
+        self,
+        *,
+        owners: Sequence[str] = (),
+        code: str | None = None,
+        families: Sequence[str | None] = (),
+        sid: str | None = None,
+    ) -> tuple[sa.Select[Any], dict[str, str]] | None:
+        """The statement and parameters of ``_lock`` (None: no lock to take)."""
         if self._engine.dialect.name != "postgresql":
-            return
+            return None
         keys = [f"code:{code}"] if code else []
         keys += [f"family:{f}" for f in sorted({f for f in families if f})]
         keys += [f"session:{sid}"] if sid else []
-        locks = [sa.func.pg_advisory_xact_lock_shared(_lock_key(owner)) for owner in owners]
-        locks += [sa.func.pg_advisory_xact_lock(_lock_key(key)) for key in keys]
-        if locks:
-            # One round trip: PostgreSQL evaluates a select list left to right, so the
-            # locks are still taken in the order above.
-            conn.execute(sa.select(*locks))
+        if not (owners or keys):
+            return None
+        names = {f"s{i}": owner for i, owner in enumerate(owners)}
+        names.update({f"x{i}": key for i, key in enumerate(keys)})
+        return _lock_statement(len(owners), len(keys)), names
 
     @staticmethod
     def _born_revoked(
@@ -754,9 +874,9 @@ class SQLStore:
 
     @_guarded
     def get_user(self, user_id: str) -> UserRecord | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(_GET_USER, {"key": user_id}).first()
-        return None if row is None else _record(UserRecord, row)
+        with self._prepared(write=False) as db:
+            row = db.first(_GET_USER, {"key": user_id})
+        return None if row is None else _from_mapping(UserRecord, row)
 
     @_guarded
     def find_user_by_unionid(self, unionid: str) -> UserRecord | None:
