@@ -10,10 +10,11 @@ What runs, all on this machine, one after the other, each a separate OS process:
 
 1. **Ceiling.** The raw signature rate of each algorithm on one core (the broker's key
    objects; :mod:`perf.ceiling`), and a bare endpoint behind the broker's own server
-   (``broker.serving``, default threads; :mod:`perf.bare`). The ceiling of an
-   algorithm counts one bare request plus one signature: ``1 / (1/bare + 1/sign)``.
+   (``broker.serving``, default threads and workers, one per core; :mod:`perf.bare`).
+   The ceiling of an algorithm counts one bare request plus one signature per core:
+   ``1 / (1/bare + 1/(sign * workers))``, the bare rate being that of all workers.
 2. **Broker.** ``qq-oidc-broker serve`` on SQLite (the single-instance default) with
-   ``rate_limits.enabled: false`` and the default threads, the QQ emulator upstream
+   ``rate_limits.enabled: false`` and the default threads and workers, the QQ emulator upstream
    with auto-login. First complete logins per second on the fresh database (every step,
    token request included); then the token endpoint, redeeming real codes, each minted
    beforehand by a complete login (authorize -> emulator -> /qq/callback) and sent
@@ -54,6 +55,8 @@ from typing import Any
 
 from perf import ceiling, flows, instrument, procs, report, sample, wrk
 from perf.procs import CLIENT_FOR_ALG, REDIRECT_URI
+
+from broker.config import ServerConfig
 
 #: Codes for the one-second warm-up (and rate estimate) before each token measurement:
 #: more than either server redeems in a second, so the estimate is a real rate.
@@ -198,12 +201,15 @@ class Bench:
                 bare[kind] = self.endpoint(f"{url}/healthz", {"server": server.pid})
                 bare[kind]["peak_rss_mb"] = sample.peak_rss_mb(server.pid)
             self.say(f"bare endpoint ({kind}): {bare[kind]['rate']:.0f}/s")
+        # The bare server runs the default workers, one per core: signatures spread the same.
+        workers = ServerConfig().workers
         self.results["ceiling"] = {
+            "workers": workers,
             "signing": signing,
             "bare_wsgi": bare["wsgi"],
             "bare_flask": bare["flask"],
             "ceiling": {
-                alg: report.ceiling_rate(bare["wsgi"]["rate"], rates["sign"])
+                alg: report.ceiling_rate(bare["wsgi"]["rate"], rates["sign"] * workers)
                 for alg, rates in signing.items()
             },
         }

@@ -123,11 +123,18 @@ def _patch_dispatch() -> None:
     setattr(Flask, "full_dispatch_request", timed)  # noqa: B010 - patching a method
 
 
+def _own_file(path: Path) -> Path:
+    """Each process of a ``serve`` with workers writes its own file (the workers inherit
+    the patches and the signal handler through ``fork``)."""
+    return path.with_name(f"{path.name}.{os.getpid()}")
+
+
 def _dump(path: Path) -> None:
+    path = _own_file(path)
     times = os.times()
     with _lock:
         data = dict(COUNTS)
-    data["process_cpu_s"] = times.user + times.system
+    data["process_cpu_s"] = times.user + times.system  # this process's own threads
     data["written_at"] = time.time()
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(data))
@@ -146,7 +153,18 @@ def install(path: Path) -> None:
 
 
 def read(pid: int, path: Path, timeout: float = 10) -> dict[str, float]:
-    """Ask the process ``pid`` for its counters (orchestrator side)."""
+    """Ask the process ``pid`` and its workers for their counters, summed (orchestrator side)."""
+    from perf.sample import tree
+
+    totals: dict[str, float] = {}
+    for member in tree(pid):
+        for key, value in _read_one(member, path, timeout).items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def _read_one(pid: int, path: Path, timeout: float) -> dict[str, float]:
+    path = path.with_name(f"{path.name}.{pid}")
     before = path.stat().st_mtime_ns if path.exists() else 0
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + timeout

@@ -44,7 +44,8 @@ def _ratio(a: float, b: float) -> float:
 
 
 def ceiling_rate(bare: float, sign: float) -> float:
-    """One bare request plus one signature, one after the other on one core."""
+    """One bare request plus one signature per request: ``bare`` the bare endpoint's rate,
+    ``sign`` the signature rate of the cores it ran on."""
     return 1.0 / (1.0 / bare + 1.0 / sign) if bare and sign else 0.0
 
 
@@ -205,7 +206,8 @@ def _row(name: str, run: Mapping[str, Any] | None, ceiling: float | None,
 def table(results: Mapping[str, Any]) -> str:
     ceil, ours, peer = results["ceiling"], results["broker"], results.get("peer") or {}
     bare = _rate(ceil["bare_wsgi"])
-    lines = ["ceiling (one core)", HEADER]
+    workers = ceil.get("workers", 1)
+    lines = [f"ceiling (signatures on one core; bare endpoint on {workers} worker(s))", HEADER]
     for alg, rates in ceil["signing"].items():
         lines.append(f"{'  sign ' + alg:<30}{rates['sign']:>9.0f}"
                      f"{'':>42}(whole JWS: {rates['jws']:.0f}/s)")  # fmt: skip

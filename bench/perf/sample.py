@@ -4,11 +4,12 @@ A measured window is bracketed by two snapshots. From them:
 
 * ``cores_busy``: each core's busy share (``/proc/stat``: everything but idle and
   iowait), so an idle core shows however the load is spread;
-* ``procs_cpu``: CPU seconds per second of each process of the run (server, emulator,
-  load generator), i.e. how many cores it used; their sum against the core count is what
-  "no run leaves a core idle" is judged on, since other work on a shared machine also
-  keeps cores busy;
-* ``peak_rss_mb``: ``VmHWM``, the high-water mark of each process's resident memory.
+* ``procs_cpu``: CPU seconds per second of each process of the run (server with its
+  workers, emulator, load generator), i.e. how many cores it used; their sum against
+  the core count is what "no run leaves a core idle" is judged on, since other work on
+  a shared machine also keeps cores busy;
+* ``peak_rss_mb``: ``VmHWM``, the high-water mark of each process's resident memory
+  (of a server with workers, the largest worker's).
 """
 
 from __future__ import annotations
@@ -33,8 +34,28 @@ def _core_times() -> list[tuple[int, int]]:
     return result
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``serve`` with ``server.workers``: the workers)."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    pending.extend(int(child) for child in children.read().split())
+        except OSError:
+            continue
+    return found
+
+
 def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (all threads), 0 when it is gone."""
+    """User + system CPU seconds of ``pid`` and its descendants (all threads)."""
+    return sum(_own_cpu(member) for member in tree(pid))
+
+
+def _own_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` alone (all threads), 0 when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
             text = stat.read()
@@ -45,6 +66,11 @@ def process_cpu(pid: int) -> float:
 
 
 def peak_rss_mb(pid: int) -> float:
+    """The largest ``VmHWM`` among ``pid`` and its descendants, in MiB: memory per process."""
+    return max(_own_peak_rss_mb(member) for member in tree(pid))
+
+
+def _own_peak_rss_mb(pid: int) -> float:
     """``VmHWM`` of ``pid`` in MiB (0 when it is gone)."""
     try:
         with open(f"/proc/{pid}/status") as status:
