@@ -161,8 +161,9 @@ def _socket_inodes(pid: int) -> set[str]:
 
 
 def connections_to(pid: int, port: int) -> set[int]:
-    """Local ports of ``pid``'s IPv4 TCP connections to ``port`` (any state but LISTEN)."""
-    inodes = _socket_inodes(pid)
+    """Local ports of the IPv4 TCP connections to ``port`` (any state but LISTEN) of
+    ``pid`` and its workers."""
+    inodes = set().union(*(_socket_inodes(member) for member in tree(pid)))
     found = set()
     with open("/proc/net/tcp") as table:
         next(table)
