@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,10 +49,12 @@ def create_app(
     connector: Connector | None = None,
     store: Store | None = None,
     rate_limits: RateLimits | None = None,
+    shared_counters: Path | None = None,
 ) -> Flask:
     """Build the broker. ``connector`` and ``store`` are injectable for tests of other upstreams;
     ``rate_limits`` replaces the default limits (tests use small ones). Whether limits apply
-    and where they are counted stays ``config.rate_limits``."""
+    and where they are counted stays ``config.rate_limits``; ``shared_counters`` is the
+    rate-limit table the workers of ``serve`` share (broker/web/ratelimit_shared.py)."""
     # keys.storage: files loads keys first, as it always did (a broken key file is reported
     # before the database is touched); database mode needs the schema they live in.
     in_files = config.keys.storage == "files"
@@ -123,7 +126,7 @@ def create_app(
     app.before_request(_refuse_oversized_headers)
     app.before_request(_assign_request_id)
     # After the request id, so that a 429 page shows it.
-    install_rate_limiter(app, config.rate_limits, rate_limits)
+    install_rate_limiter(app, config.rate_limits, rate_limits, shared_counters=shared_counters)
     app.after_request(add_security_headers)
     # First in and last out of the hooks: one access line per request, X-Request-ID echoed.
     install_request_logging(app, ctx.clients)

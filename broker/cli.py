@@ -7,6 +7,7 @@ failure the operator can fix is one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -140,31 +141,34 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     _configure_logging(config.logging)
-    metrics_dir = None
-    if config.server.workers > 1:
-        from broker.workers import prepare_metrics_dir
-
-        metrics_dir = prepare_metrics_dir()  # before prometheus_client is imported
-    from broker.metrics import MetricsSetupError
-    from broker.serving import ServeError
-
-    try:
-        app = _build_app(config)  # also migrates and makes keys: once, before any fork
-    except MetricsSetupError as err:
-        raise UsageError(f"metrics: {err}") from err
-    log.info("qq-oidc-broker serving %s", config.issuer)
-    try:
-        # Both return after SIGTERM/SIGINT and a drain: exit 0.
+    with contextlib.ExitStack() as at_exit:  # the parent's; a worker leaves with os._exit
+        shared_counters = None
         if config.server.workers > 1:
-            _release(app)
-            _serve_workers(config)
-        else:
-            _serve_app(app, config)
-    except ServeError as err:
-        raise UsageError(f"server: {err}") from err
-    finally:
-        if metrics_dir is not None:  # ours, not the operator's: the counters die with us
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+            from broker.workers import prepare_metrics_dir, prepare_shared_counters
+
+            metrics_dir = prepare_metrics_dir()  # before prometheus_client is imported
+            if metrics_dir is not None:  # ours, not the operator's: the counters die with us
+                at_exit.callback(shutil.rmtree, metrics_dir, ignore_errors=True)
+            shared_counters = prepare_shared_counters(config)  # before the fork
+            if shared_counters is not None:
+                at_exit.callback(shutil.rmtree, shared_counters.parent, ignore_errors=True)
+        from broker.metrics import MetricsSetupError
+        from broker.serving import ServeError
+
+        try:
+            app = _build_app(config)  # also migrates and makes keys: once, before any fork
+        except MetricsSetupError as err:
+            raise UsageError(f"metrics: {err}") from err
+        log.info("qq-oidc-broker serving %s", config.issuer)
+        try:
+            # Both return after SIGTERM/SIGINT and a drain: exit 0.
+            if config.server.workers > 1:
+                _release(app)
+                _serve_workers(config, shared_counters)
+            else:
+                _serve_app(app, config)
+        except ServeError as err:
+            raise UsageError(f"server: {err}") from err
     return EXIT_OK
 
 
@@ -178,11 +182,12 @@ def _serve_app(app: Any, config: Config, sock: Any = None, metrics_sock: Any = N
     serve(app, config.server, metrics=side, sock=sock, metrics_sock=metrics_sock)
 
 
-def _serve_workers(config: Config) -> None:
+def _serve_workers(config: Config, shared_counters: Path | None) -> None:
     from broker.workers import serve_workers
 
     def worker(sock: Any, metrics_sock: Any) -> None:
-        _serve_app(_build_app(config), config, sock, metrics_sock)
+        # Opens the shared rate-limit table here, after the fork: one file lock per worker.
+        _serve_app(_build_app(config, shared_counters), config, sock, metrics_sock)
 
     serve_workers(config, worker)
 
@@ -425,13 +430,13 @@ def cmd_keys_retire(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _build_app(config: Config) -> Any:
+def _build_app(config: Config, shared_counters: Path | None = None) -> Any:
     from broker.app import create_app
     from broker.keys import KeyStoreError
     from broker.storage import StorageError
 
     try:
-        return create_app(config)
+        return create_app(config, shared_counters=shared_counters)
     except (KeyStoreError, StorageError) as err:
         raise UsageError(str(err)) from err
 
@@ -443,7 +448,8 @@ def dev_config(
     return parse_config(
         {
             "issuer": f"http://127.0.0.1:{port}",
-            "server": {"host": "127.0.0.1", "port": port},
+            # One process: dev serves broker, emulator and demo from it (cmd_dev).
+            "server": {"host": "127.0.0.1", "port": port, "workers": 1},
             "storage": {"url": "sqlite:///broker.sqlite3"},
             "keys": {"dir": "keys"},
             "upstream": {

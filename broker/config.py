@@ -40,6 +40,7 @@ import yaml
 __all__ = [
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_NAME",
+    "MAX_WORKERS",
     "PRODUCTION_QQ_BASE_URL",
     "SIGNING_ALGORITHMS",
     "UNUSED_QQ",
@@ -54,6 +55,7 @@ __all__ = [
     "ServerConfig",
     "StorageConfig",
     "UpstreamConfig",
+    "auto_workers",
     "is_loopback_host",
     "is_loopback_url",
     "load_config",
@@ -168,6 +170,20 @@ class ConfigError(Exception):
 # --------------------------------------------------------------------------- dataclasses
 
 
+#: The most processes ``server.workers`` may ask for (``auto`` included).
+MAX_WORKERS: Final = 64
+
+
+def auto_workers() -> int:
+    """``server.workers: auto``: the CPUs this process may run on (its affinity mask, which
+    a container's cpuset narrows), else every CPU; at most ``MAX_WORKERS``."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS))
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -175,7 +191,8 @@ class ServerConfig:
     threads: int = 32  # QQ calls are I/O-bound: slow upstream logins must not starve /token
     #: Processes ``serve`` runs on one port (broker/workers.py): threads cover QQ's latency,
     #: workers the cores (the GIL runs one process's Python on one core at a time).
-    workers: int = 1
+    #: ``auto`` (the default): one per CPU this process may run on, at most ``MAX_WORKERS``.
+    workers: int = field(default_factory=auto_workers)
     #: SIGTERM stops accepting, then waits this long for in-flight requests before exiting.
     shutdown_timeout: int = 30
     #: Proxies (IP addresses or CIDR networks) whose X-Forwarded-For is believed.
@@ -1000,11 +1017,32 @@ def _server(section: _Section) -> ServerConfig:
         host=section.str_or("host", defaults.host),
         port=section.integer("port", defaults.port, minimum=1, maximum=65535),
         threads=section.integer("threads", defaults.threads, minimum=1, maximum=1024),
-        workers=section.integer("workers", defaults.workers, minimum=1, maximum=64),
+        workers=_workers(section),
         shutdown_timeout=section.integer(
             "shutdown_timeout", defaults.shutdown_timeout, minimum=0, maximum=3600
         ),
         trusted_proxies=_trusted_proxies(section),
+    )
+
+
+def _workers(section: _Section) -> int:
+    """``auto`` (also when absent or empty) or a number of processes, 1 to ``MAX_WORKERS``."""
+    raw = section.raw.get("workers")
+    if isinstance(raw, str):
+        raw = section.ctx.interpolate(section.at("workers"), raw).strip()
+        if raw.isascii() and raw.isdigit():
+            raw = int(raw)
+    if raw is None or raw in ("auto", ""):
+        return auto_workers()
+    if isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw <= MAX_WORKERS:
+        return raw
+    if isinstance(raw, str):
+        got = _show(raw, 20)
+    else:
+        got = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else _type_name(raw)
+    raise section.error(
+        "workers",
+        f"must be auto (one per CPU) or a number of processes from 1 to {MAX_WORKERS}, got {got}",
     )
 
 

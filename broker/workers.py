@@ -1,5 +1,9 @@
 """``serve`` with ``server.workers > 1``: one listening socket, several worker processes.
 
+``server.workers`` defaults to ``auto``, one worker per CPU this process may run on
+(broker/config.py ``auto_workers``), so ``serve`` uses every core unless told
+``workers: 1``. ``dev`` always runs in one process.
+
 Why processes: a token request spends most of its CPU time in Python (Authlib, the
 signature, SQLAlchemy), and one process runs Python on one core at a time (the GIL).
 Threads cover QQ's latency; workers cover the cores.
@@ -10,20 +14,28 @@ How (the pre-fork model of gunicorn and nginx, kept small):
   worker that dies never leaves the port closed. It builds no app: each worker builds
   its own after ``fork`` (database pools, threads and locks must not cross a fork).
 * Each worker runs :func:`broker.serving.serve` on the inherited socket, so SIGTERM
-  drains it exactly like a single-process server. The kernel spreads connections
-  across the workers waiting in ``accept``.
+  drains it exactly like a single-process server (send it to the parent only: a worker
+  takes a second signal as "exit now", hence ``KillMode=mixed`` under systemd). The
+  kernel spreads connections across the workers waiting in ``accept``.
 * The parent restarts a worker that dies unexpectedly (at most once a second), and on
-  SIGTERM/SIGINT passes the signal on and waits for the workers to drain
-  (``server.shutdown_timeout`` plus a margin, then SIGKILL). Workers ask the kernel to
-  kill them if the parent dies (``PR_SET_PDEATHSIG``), so ``kill -9`` of the parent
-  never leaves orphans serving the port.
+  SIGTERM/SIGINT passes the signal on, closes its copy of the listening socket (so that,
+  as with one process, new connections are refused during the drain instead of waiting
+  in the backlog) and waits for the workers to drain (``server.shutdown_timeout`` plus a
+  margin, then SIGKILL). A second signal kills the workers and exits at once. Workers
+  ask the kernel to kill them if the parent dies (``PR_SET_PDEATHSIG``), so ``kill -9``
+  of the parent never leaves orphans serving the port.
 * Metrics: with several workers ``PROMETHEUS_MULTIPROC_DIR`` must be set before
   ``prometheus_client`` is imported; :func:`prepare_metrics_dir` does that (a fresh
   temporary directory unless the operator set one), and any worker's scrape then merges
   all workers' counters.
+* Rate limits: with ``rate_limits.storage: memory`` each worker would otherwise count
+  alone, and a client would get the limits once per worker. :func:`prepare_shared_counters`
+  creates one counter table in a fresh temporary directory before the fork; every worker
+  maps it (broker/web/ratelimit_shared.py), so the limits hold exactly across workers.
+  With Redis the counters are shared already, and the table backs a Redis outage.
+  The parent removes the directory when it exits.
 
-Per-process state stays per process: in-memory rate-limit counters (use Redis to share
-them) and the avatar cache.
+The avatar cache stays per process: it is a cache, and each worker fills its own.
 """
 
 from __future__ import annotations
@@ -37,10 +49,12 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, MutableMapping
+from pathlib import Path
 from types import FrameType
 
 from broker.config import Config
-from broker.serving import ServeError
+from broker.serving import IDENT, ServeError
+from broker.web.ratelimit_shared import create_table
 
 log = logging.getLogger("broker.serving")
 
@@ -61,6 +75,15 @@ def prepare_metrics_dir(environ: MutableMapping[str, str] = os.environ) -> str |
     path = tempfile.mkdtemp(prefix="qq-oidc-broker-metrics-")
     environ["PROMETHEUS_MULTIPROC_DIR"] = path
     return path
+
+
+def prepare_shared_counters(config: Config) -> Path | None:
+    """The rate-limit table the workers share, in a new temporary directory (remove
+    ``path.parent`` at exit); None when rate limits are off."""
+    if not config.rate_limits.enabled:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="qq-oidc-broker-ratelimit-"))
+    return create_table(directory / "counters")
 
 
 def listen(host: str, port: int, what: str = "server") -> socket.socket:
@@ -110,6 +133,9 @@ class Supervisor:
         else:  # a second signal: the operator insists
             for pid in self.children:
                 _send(pid, signal.SIGKILL)
+            # Not logging: the interrupted main thread may be inside a write to stderr.
+            name = signal.Signals(signum).name
+            os.write(2, f"{IDENT}: second {name} during shutdown: exiting now\n".encode())
             os._exit(128 + signum)
 
     def _spawn(self, number: int) -> None:
@@ -125,6 +151,10 @@ class Supervisor:
         while self.children:
             if self.stopping is not None and deadline is None:
                 log.info("%s: draining %d worker(s)", self.stopping.name, len(self.children))
+                # The workers close their copies as they start draining; once ours is
+                # closed too, connection attempts are refused, as with one process.
+                for sock in self.sockets:
+                    sock.close()
                 deadline = time.monotonic() + self.config.server.shutdown_timeout
                 deadline += _STOP_MARGIN_SECONDS
             if deadline is not None and time.monotonic() > deadline:

@@ -13,9 +13,12 @@ import pytest
 from broker import keys as broker_keys
 from broker.config import (
     DEFAULT_CONFIG_NAME,
+    MAX_WORKERS,
     SIGNING_ALGORITHMS,
     Config,
     ConfigError,
+    ServerConfig,
+    auto_workers,
     is_loopback_url,
     load_config,
     parse_config,
@@ -450,6 +453,74 @@ def test_wrong_types_and_values(
     text = DEV + extra
     error = load_error(tmp_path, text)
     assert_error(error, tmp_path, path, fragment, line_of(text, needle))
+
+
+# --------------------------------------------------------------------------- server.workers
+
+
+def test_workers_default_to_one_per_usable_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 2, 5})  # a cpuset of 3
+    assert auto_workers() == 3
+    assert load(tmp_path, DEV).server.workers == 3  # absent: auto
+    assert load(tmp_path, DEV + "server: {workers: auto}\n").server.workers == 3
+    assert ServerConfig().workers == 3  # the dataclass default is auto as well
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(200)))
+    assert auto_workers() == MAX_WORKERS  # capped like an explicit number
+
+
+def test_workers_fall_back_to_the_cpu_count_without_affinity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # not Linux
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert auto_workers() == 6
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert auto_workers() == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "environ", "expected"),
+    [
+        ("1", {}, 1),  # today's single-process server
+        ("4", {}, 4),
+        (str(MAX_WORKERS), {}, MAX_WORKERS),
+        ("${WORKERS:-auto}", {"WORKERS": "8"}, 8),
+        ("'${WORKERS:-auto}'", {"WORKERS": "auto"}, "auto"),
+        ("${WORKERS:-auto}", {}, "auto"),
+        ("${WORKERS:-}", {}, "auto"),  # empty: not configured
+    ],
+)
+def test_workers_take_a_number_or_auto(
+    tmp_path: Path, value: str, environ: dict[str, str], expected: int | str
+) -> None:
+    config = load(tmp_path, DEV + f"server:\n  workers: {value}\n", {**ENV, **environ})
+    assert config.server.workers == (auto_workers() if expected == "auto" else expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "environ", "got"),
+    [
+        ("0", {}, "got 0"),
+        ("65", {}, "got 65"),
+        ("-2", {}, "got -2"),
+        ("many", {}, "got 'many'"),
+        ("AUTO", {}, "got 'AUTO'"),
+        ("2.5", {}, "got a number"),
+        ("true", {}, "got a boolean"),
+        ("[2]", {}, "got a list"),
+        ("${WORKERS}", {"WORKERS": "lots"}, "got 'lots'"),
+        ("${WORKERS}", {"WORKERS": "0"}, "got 0"),
+    ],
+)
+def test_bad_workers_name_the_choices(
+    tmp_path: Path, value: str, environ: dict[str, str], got: str
+) -> None:
+    text = DEV + f"server:\n  workers: {value}\n"
+    error = load_error(tmp_path, text, {**ENV, **environ})
+    fragment = f"must be auto (one per CPU) or a number of processes from 1 to 64, {got}"
+    assert_error(error, tmp_path, "server.workers", fragment, line_of(text, "workers:"))
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ secret. With Redis, "once" holds across instances too, because the log line is t
 to the counter value that crossed the limit.
 
 Why this is hand-written and does not use the ``limits`` package: we need a fixed-window
-counter behind a one-method interface with two backends, which is about a hundred
+counter behind a one-method interface with small backends, each about a hundred
 lines. ``limits`` 5.8 (the version the package mirror has) pins ``redis<8`` for its
 Redis backend, while the broker already depends on redis-py 8. Its memory backend
 also grows with the number of distinct keys until they expire and runs a timer thread,
@@ -41,19 +41,28 @@ minute at worst is still far below the "1,000 per minute" of DO-03.
 
 Storage (``rate_limits.storage``):
 
-* ``memory``: per process, thread-safe, bounded by ``MEMORY_MAX_KEYS``. Expired windows
-  are dropped from the oldest end on every call. When the store is full, the oldest
-  counter is evicted, so random source addresses cannot make it grow without bound.
-  An attacker with that many addresses is beyond what per-IP limits can stop anyway.
+* ``memory``: counted on this machine, bounded by ``MEMORY_MAX_KEYS``. When the store
+  is full, the oldest counter is evicted, so random source addresses cannot make it
+  grow without bound. An attacker with that many addresses is beyond what per-IP
+  limits can stop anyway. Where they live depends on ``server.workers``:
+
+  - one process (``workers: 1``, ``dev``, tests that build the app in-process):
+    :class:`MemoryCounters`, a dict in the process, thread-safe. Expired windows are
+    dropped from the oldest end on every call.
+  - several workers (``serve`` with ``workers`` > 1, the default ``auto`` on a machine
+    with several cores): :class:`~broker.web.ratelimit_shared.SharedCounters`, one
+    table in a file every worker maps, created by the ``serve`` parent and passed to
+    ``create_app(shared_counters=...)``. The limits stay exact across the workers; an
+    attacker does not get one set of limits per worker.
 * ``redis://host:port/db``: counters shared by every instance, ``INCRBY`` + ``EXPIREAT``
   in one pipelined transaction per request, keys under ``qqb:rl:``.
   If Redis is unreachable or errors, the request is never failed and never blocked
-  because of it. The broker logs one WARNING, counts in this process's memory
-  instead, and tries Redis again after ``REDIS_RETRY_SECONDS``. That is fail-open
-  for the shared counters, but not a free pass: an outage (or an attacker who can
-  cause one) does not also switch off the brute-force guard. Per-process counts can
-  only be lower than the shared ones, so no client is refused that Redis would have
-  let through.
+  because of it. The broker logs one WARNING, counts on this machine instead (in the
+  workers' shared table when there is one, else in the process's memory), and tries
+  Redis again after ``REDIS_RETRY_SECONDS``. That is fail-open for the shared counters,
+  but not a free pass: an outage (or an attacker who can cause one) does not also
+  switch off the brute-force guard. Local counts can only be lower than the shared
+  ones, so no client is refused that Redis would have let through.
 
 ``rate_limits.enabled: false`` installs nothing: no hooks, no counters.
 """
@@ -68,6 +77,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -77,6 +87,7 @@ from flask import Flask, Response, request
 from broker.config import RateLimitConfig
 from broker.oidc.errors import json_error
 from broker.web.pages import error_page
+from broker.web.ratelimit_shared import SharedCounters
 
 __all__ = [
     "AUTHORIZE_PER_IP",
@@ -93,6 +104,7 @@ __all__ = [
     "RateLimiter",
     "RateLimits",
     "RedisCounters",
+    "SharedCounters",
     "install_rate_limiter",
 ]
 
@@ -491,13 +503,24 @@ def _too_many(retry_after: int) -> Response:
 
 
 def install_rate_limiter(
-    app: Flask, settings: RateLimitConfig, limits: RateLimits | None = None
+    app: Flask,
+    settings: RateLimitConfig,
+    limits: RateLimits | None = None,
+    *,
+    shared_counters: Path | None = None,
 ) -> RateLimiter | None:
-    """Register the limiter the config asks for; ``enabled: false`` registers nothing."""
+    """Register the limiter the config asks for; ``enabled: false`` registers nothing.
+
+    ``shared_counters``: the table the workers of ``serve`` share (module docstring);
+    without it, this process counts alone. With Redis it only backs an outage.
+    """
     if not settings.enabled:
         return None
+    local: Counters = (
+        SharedCounters(shared_counters) if shared_counters is not None else MemoryCounters()
+    )
     counters: Counters = (
-        MemoryCounters() if settings.storage == "memory" else RedisCounters(settings.storage)
+        local if settings.storage == "memory" else RedisCounters(settings.storage, fallback=local)
     )
     limiter = RateLimiter(counters, limits)
     limiter.init_app(app)

@@ -10,6 +10,8 @@ and the test waits for the ``Retry-After`` the broker announces.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import secrets
 import socket
 import time
@@ -21,9 +23,10 @@ from typing import Any
 import pytest
 import redis
 import requests
+from flask import Flask
 
 from broker.app import create_app, unenforced_settings
-from broker.config import ConfigError, parse_config
+from broker.config import ConfigError, RateLimitConfig, parse_config
 from broker.web.ratelimit import (
     FAILURES_PER_IP,
     KEY_PREFIX,
@@ -33,7 +36,9 @@ from broker.web.ratelimit import (
     MemoryCounters,
     RateLimits,
     RedisCounters,
+    install_rate_limiter,
 )
+from broker.web.ratelimit_shared import PROBE, SharedCounters, SharedTableError, create_table
 from tests.conftest import APP_ID, Broker, broker_config, start_pair
 from tests.servers import free_port, serve
 from tests.web.test_bad_input import valid_params
@@ -70,7 +75,13 @@ def start(tmp_path: Path) -> Iterator[BrokerFactory]:
     """Start brokers with injected limits; the QQ upstream is never contacted."""
     started: list[Served] = []
 
-    def factory(limits: RateLimits, *, storage: str = "memory", enabled: bool = True) -> Served:
+    def factory(
+        limits: RateLimits,
+        *,
+        storage: str = "memory",
+        enabled: bool = True,
+        shared: Path | None = None,
+    ) -> Served:
         base = tmp_path / f"broker-{len(started)}"
         base.mkdir()
         port = free_port()
@@ -81,7 +92,7 @@ def start(tmp_path: Path) -> Iterator[BrokerFactory]:
             secrets.token_hex(16),
             rate_limits={"enabled": enabled, "storage": storage},
         )
-        app = create_app(config, rate_limits=limits)
+        app = create_app(config, rate_limits=limits, shared_counters=shared)
         served = serve(app, port=port)
         clients = {
             c.client_id: {"client_secret": c.client_secret, "redirect_uri": c.redirect_uris[0]}
@@ -461,6 +472,132 @@ def test_redis_outage_warns_once_and_recovers(
     now[0] += REDIS_RETRY_SECONDS + 1
     assert counters.add([Hit(key, far)]) == [1]  # the shared counter, fresh in Redis
     assert any("answers again" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- the workers' table
+
+
+def _count_in_child(path: Path, inherited: SharedCounters | None, key: str, far: float,
+                    hits: int, start: Any, results: Any) -> None:  # fmt: skip
+    """A worker: opens the table itself (or uses one opened before the fork), then counts."""
+    table = inherited if inherited is not None else SharedCounters(path)
+    start.wait()
+    results.put([table.add([Hit(key, far)])[0] for _ in range(hits)])
+
+
+@pytest.mark.parametrize("opened", ["in each process", "before the fork"])
+def test_shared_table_counts_exactly_across_processes(tmp_path: Path, opened: str) -> None:
+    """Two real processes hammer one key: no update is lost, no count is seen twice."""
+    path = create_table(tmp_path / "counters", slots=1024)
+    inherited = SharedCounters(path) if opened == "before the fork" else None
+    far, hits = time.time() + LONG, 2000
+    fork = multiprocessing.get_context("fork")
+    start, results = fork.Barrier(2), fork.Queue()
+    workers = [
+        fork.Process(target=_count_in_child,
+                     args=(path, inherited, "ip-1", far, hits, start, results))
+        for _ in range(2)
+    ]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    seen = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert sorted(seen[0] + seen[1]) == list(range(1, 2 * hits + 1))
+    assert SharedCounters(path).add([Hit("ip-1", far, amount=0)]) == [2 * hits]
+
+
+def test_shared_table_windows_expire(tmp_path: Path) -> None:
+    now = [1000.0]
+    table = SharedCounters(create_table(tmp_path / "counters", slots=256), clock=lambda: now[0])
+    for n in range(50):
+        table.add([Hit(f"ip-{n}", 1060.0)])
+    assert table.add([Hit("ip-1", 1060.0), Hit("ip-1", 1060.0, amount=0)]) == [2, 2]
+    assert table.add([Hit("nobody", 1060.0, amount=0)]) == [0]
+    assert len(table) == 50  # a read does not create a counter
+    now[0] = 1060.0
+    assert len(table) == 0
+    assert table.add([Hit("ip-1", 1120.0)]) == [1]  # a new window starts from zero
+    assert len(table) == 1
+
+
+def test_shared_table_stays_bounded_and_evicts_expired_then_oldest(tmp_path: Path) -> None:
+    far = time.time() + 3600
+    table = SharedCounters(create_table(tmp_path / "big", slots=100))
+    for n in range(10_000):
+        assert table.add([Hit(f"ip-{n}", far)]) == [1]
+    assert len(table) == 100  # the file's size is the bound: it never grows
+    assert (tmp_path / "big").stat().st_size == 64 + 100 * 32
+    assert table.add([Hit("ip-9999", far)]) == [2]  # the newest counter survived
+
+    # One probe run covers a table of PROBE slots: which counter makes room is visible.
+    now = [1000.0]
+    small = SharedCounters(create_table(tmp_path / "small", slots=PROBE), clock=lambda: now[0])
+    for n in range(PROBE):
+        small.add([Hit(f"k{n}", 2000.0 + n)])  # k0's window ends first
+    small.add([Hit("short", 1001.0)])  # full: evicts k0, the oldest window
+    assert small.add([Hit("k0", 2000.0, amount=0)]) == [0]
+    assert small.add([Hit("k1", 2001.0, amount=0)]) == [1]
+    now[0] = 1001.0  # "short" has expired: its slot goes before any live counter
+    small.add([Hit("new", 3000.0)])
+    assert small.add([Hit("k1", 2001.0, amount=0)]) == [1]
+    assert small.add([Hit("new", 3000.0, amount=0)]) == [1]
+    assert len(small) == PROBE
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "not a shared rate-limit table (0 bytes, too short)"),
+        (b"GIF89a" + bytes(100), "not a shared rate-limit table (unknown header)"),
+        ("truncated", "shared rate-limit table is corrupt (1024 bytes where 100 slots need 3264)"),
+        ("extended", "shared rate-limit table is corrupt (4096 bytes where 100 slots need 3264)"),
+        (None, "cannot open the shared rate-limit table (No such file or directory)"),
+    ],
+)
+def test_shared_table_refuses_a_file_that_is_not_one(
+    tmp_path: Path, content: bytes | str | None, problem: str
+) -> None:
+    path = tmp_path / "counters"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        create_table(path, slots=100)
+        os.truncate(path, 1024 if content == "truncated" else 4096)
+    with pytest.raises(SharedTableError) as caught:
+        SharedCounters(path)
+    assert str(caught.value) == f"{path}: {problem}"
+
+
+def test_brokers_sharing_a_table_count_together(start: BrokerFactory, tmp_path: Path) -> None:
+    """What the workers of one ``serve`` do: two apps, one table, one set of limits."""
+    table = create_table(tmp_path / "counters")
+    limits = RateLimits(authorize=Limit(3, LONG), failures=Limit(2, LONG))
+    first = start(limits, shared=table)
+    second = start(limits, shared=table)
+    assert isinstance(first.app.extensions["qq_oidc_broker.rate_limiter"].counters,
+                      SharedCounters)  # fmt: skip
+    fresh_window(LONG)
+    assert [authorize(first.broker).status_code for _ in range(2)] == [302] * 2
+    assert authorize(second.broker).status_code == 302
+    assert_html_429(authorize(first.broker), LONG)
+    assert_html_429(authorize(second.broker), LONG)
+    assert token(second.broker, "rp-basic", "wrong").status_code == 401
+    assert token(first.broker, "rp-basic", "wrong").status_code == 401
+    assert_json_429(token(second.broker), LONG)
+
+
+def test_redis_outage_falls_back_to_the_shared_table(tmp_path: Path) -> None:
+    table = create_table(tmp_path / "counters")
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    limiter = install_rate_limiter(
+        Flask("test"), RateLimitConfig(storage=dead), shared_counters=table
+    )
+    assert limiter is not None and isinstance(limiter.counters, RedisCounters)
+    far = time.time() + LONG
+    assert limiter.counters.add([Hit("ip-1", far)]) == [1]  # Redis is down: the table
+    assert SharedCounters(table).add([Hit("ip-1", far)]) == [2]
 
 
 # --------------------------------------------------------------------------- config
