@@ -1,4 +1,5 @@
-"""``qq-oidc-broker serve`` shuts down gracefully: real processes, real signals.
+"""``qq-oidc-broker serve`` shuts down gracefully: real processes, real signals, with one
+process (``server.workers: 1``) and with pre-forked workers (the default on several cores).
 
 A login callback is made slow by the emulator's latency on QQ's token endpoint, so it is
 still running when SIGTERM arrives. Time bounds are wide on purpose: these tests check
@@ -35,7 +36,7 @@ MARGIN = 20.0  # seconds: startup, CI noise; never a speed assertion
 
 CONFIG = """\
 issuer: http://127.0.0.1:{port}
-server: {{host: 127.0.0.1, port: {port}, shutdown_timeout: {shutdown_timeout}}}
+server: {{host: 127.0.0.1, port: {port}, shutdown_timeout: {shutdown_timeout}, workers: {workers}}}
 storage: {{url: "sqlite:///broker.sqlite3"}}
 keys: {{dir: keys}}
 upstream:
@@ -78,10 +79,16 @@ class Served:
 StartServe = Callable[..., Served]
 
 
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[StartServe]:
+#: One process (waitress alone) and the pre-fork workers (broker/workers.py: the parent
+#: passes signals on and keeps the drain's promises), whatever this machine's CPU count.
+WORKERS = [pytest.param(1, id="one-process"), pytest.param(2, id="two-workers")]
+
+
+@pytest.fixture(params=WORKERS)
+def start(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StartServe]:
     """Start ``serve`` processes (each with its own emulator); killed if still running."""
     started: list[Served] = []
+    workers: int = request.param
 
     def factory(shutdown_timeout: int) -> Served:
         port, app_key = free_port(), secrets.token_hex(16)
@@ -101,6 +108,7 @@ def start(tmp_path: Path) -> Iterator[StartServe]:
             CONFIG.format(
                 port=port,
                 shutdown_timeout=shutdown_timeout,
+                workers=workers,
                 app_id=APP_ID,
                 emulator=emulator.url,
                 redirect_uri=REDIRECT_URI,
@@ -258,7 +266,8 @@ def test_an_idle_server_stops_on_sigint_with_status_0(start: StartServe) -> None
     assert "all requests finished" in served.log
 
 
-def test_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", WORKERS)
+def test_a_taken_port_is_one_line_and_exit_2(tmp_path: Path, workers: int) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -268,6 +277,7 @@ def test_a_taken_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
             CONFIG.format(
                 port=port,
                 shutdown_timeout=5,
+                workers=workers,
                 app_id=APP_ID,
                 emulator="http://127.0.0.1:9",
                 redirect_uri=REDIRECT_URI,

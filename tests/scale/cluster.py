@@ -504,6 +504,23 @@ def via(url: str, host: str, port: int) -> str:
 # --------------------------------------------------------------------------- processes
 
 
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie whose every thread has exited: the main thread turns zombie
+    first, and the others (waitress's) keep the process's sockets open until they end."""
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return True
+    for thread in threads:
+        try:
+            state = (thread / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:  # that thread has just gone
+            continue
+        if state not in ("Z", "X"):
+            return False
+    return True
+
+
 class BrokerProcess:
     """One ``python -m broker serve --config FILE`` on its own port, output in a log file.
 
@@ -521,6 +538,7 @@ class BrokerProcess:
         self.log_dir = log_dir
         self.logs: list[Path] = []
         self.proc: subprocess.Popen[bytes] | None = None
+        self._workers: list[int] = []  # the worker pids when it was last signalled
         self._log_file: IO[bytes] | None = None
 
     @property
@@ -537,6 +555,7 @@ class BrokerProcess:
         """Spawn the process (does not wait; see :meth:`wait_ready`)."""
         assert not self.alive, f"instance {self.index} is already running"
         self._close_log()
+        self._workers = []
         log = self.log_dir / f"broker-{self.index}-{len(self.logs)}.log"
         self.logs.append(log)
         self._log_file = log.open("wb")
@@ -581,9 +600,17 @@ class BrokerProcess:
         self._signal(signal.SIGTERM)
 
     def wait(self, timeout: float = 60.0) -> int:
-        """The exit status (negative: killed by that signal)."""
+        """The exit status (negative: killed by that signal), once the instance is gone:
+        its ``serve`` process and the workers it had forked (``server.workers`` > 1, the
+        default on several cores). After a SIGKILL of the parent the kernel kills them a
+        moment later (PR_SET_PDEATHSIG); until then they still hold the port, and a new
+        connection would be reset instead of refused."""
         assert self.proc is not None, "not started"
+        deadline = time.monotonic() + timeout
         status = self.proc.wait(timeout=timeout)
+        while not all(_dead(pid) for pid in self._workers):
+            assert time.monotonic() < deadline, f"instance {self.index}: workers outlived it"
+            time.sleep(0.01)
         self._close_log()
         return status
 
@@ -604,6 +631,9 @@ class BrokerProcess:
     def _signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None, "not started"
         if self.proc.poll() is None:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            with suppress(OSError):
+                self._workers = [int(pid) for pid in children.read_text().split()]
             self.proc.send_signal(sig)
 
     def _close_log(self) -> None:

@@ -389,7 +389,8 @@ def broker_process(tmp_path: Path) -> Iterator[BrokerProcess]:
     clients = [c for c in client_definitions() if c["client_id"] == "rp-refresh"]
     data: dict[str, Any] = {
         "issuer": issuer,
-        "server": {"host": "127.0.0.1", "port": port},
+        # One process: rss_mb() measures the serve PID, which must be the one serving.
+        "server": {"host": "127.0.0.1", "port": port, "workers": 1},
         "storage": {"url": "sqlite:///broker.sqlite3"},
         "keys": {"dir": "keys"},
         "upstream": {"qq": {"app_id": APP_ID, "app_key": app_key, "base_url": emulator.url}},
