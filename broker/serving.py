@@ -247,11 +247,16 @@ class _Wakeup(wasyncore.dispatcher):
         self.recv(64)  # the signal numbers; the handler has the one that matters
 
 
+#: Signals this close together are one request to stop, not an operator insisting.
+SAME_STOP_SECONDS = 1.0
+
+
 class _Signals:
     """SIGTERM/SIGINT handlers for the duration of ``serve``; restored on exit."""
 
     def __init__(self, socket_map: SocketMap) -> None:
         self.received: signal.Signals | None = None
+        self._received_at = 0.0
         self._map = socket_map
         self._writer: socket.socket | None = None
         self._previous: dict[signal.Signals, Any] = {}
@@ -273,8 +278,15 @@ class _Signals:
             self._writer.close()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
         if self.received is None:
             self.received = signal.Signals(signum)
+            self._received_at = now
+            return
+        if now - self._received_at < SAME_STOP_SECONDS:
+            # A worker of ``server.workers`` hears one stop twice: from its parent and
+            # from whoever signalled the whole group (systemd's KillMode=control-group,
+            # Ctrl-C in a terminal). Only a later signal means "stop now".
             return
         # Not logging: the interrupted main thread may be inside a write to stderr.
         name = signal.Signals(signum).name

@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from broker.emulator import EmulatorSettings, create_emulator_app
+from broker.serving import SAME_STOP_SECONDS
 from tests.conftest import APP_ID, Emulator
 from tests.servers import free_port, serve
 
@@ -120,6 +121,7 @@ def start(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[StartServe
         proc = subprocess.Popen(
             [sys.executable, "-m", "broker", "serve", "--config", str(config)],
             cwd=tmp_path,
+            start_new_session=True,  # its own process group, for the group-signal test
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -252,9 +254,24 @@ def test_a_second_signal_exits_at_once(start: StartServe) -> None:
     SlowCallback(served)
     served.proc.send_signal(signal.SIGINT)
     assert connection_refused(served.port)  # the first signal has been handled
+    time.sleep(SAME_STOP_SECONDS + 0.2)  # closer together, two signals are one stop
     served.proc.send_signal(signal.SIGTERM)
     assert served.finish(timeout=MARGIN) == 128 + signal.SIGTERM
     assert "second SIGTERM during shutdown" in served.log
+
+
+def test_a_stop_sent_to_the_whole_process_group_still_drains(start: StartServe) -> None:
+    """systemd's default KillMode=control-group and Ctrl-C signal every process: each
+    worker then hears the stop twice (directly and from its parent), which must not
+    count as an operator insisting on an immediate exit."""
+    served = start(shutdown_timeout=30)
+    slow = SlowCallback(served)
+    os.killpg(served.proc.pid, signal.SIGTERM)
+    slow.wait()
+    assert slow.error is None, slow.error
+    assert slow.response is not None and slow.response.status_code == 302
+    assert served.finish(timeout=30 + MARGIN) == 0
+    assert "during shutdown" not in served.log
 
 
 def test_an_idle_server_stops_on_sigint_with_status_0(start: StartServe) -> None:
