@@ -970,14 +970,15 @@ class SQLStore:
         """Delete expired rows, ``batch`` at a time, each batch its own short transaction.
 
         Refresh tokens go when their whole family has expired (a used link must stay
-        until then so that its reuse is recognised). On PostgreSQL rows another
-        instance is deleting are skipped (``SKIP LOCKED``), so purges never queue.
+        until then so that its reuse is recognised), authorization codes when they have
+        expired and no token issued from them is left (tokens go first, in this call).
+        On PostgreSQL rows another instance is deleting are skipped (``SKIP LOCKED``), so
+        purges never queue.
         """
         expiring = [
-            (table, table.c.expires_at)
+            (table, table.c.expires_at <= now)
             for table in (
                 schema.login_transactions,
-                schema.authorization_codes,
                 schema.tokens,
                 schema.sessions,
                 schema.session_clients,
@@ -985,11 +986,16 @@ class SQLStore:
                 schema.upstream_tokens,
             )
         ]
-        expiring.append((schema.refresh_tokens, schema.refresh_tokens.c.family_expires_at))
+        refresh, codes, tokens = schema.refresh_tokens, schema.authorization_codes, schema.tokens
+        expiring.append((refresh, refresh.c.family_expires_at <= now))
+        # A redeemed code stays while a token issued from it is stored, so that a replay
+        # still revokes them (RFC 6749 §4.1.2) however long after the code's own minute.
+        issued = sa.exists().where(tokens.c.code_digest == codes.c.code_digest)
+        expiring.append((codes, sa.and_(codes.c.expires_at <= now, ~issued)))
         removed = 0
-        for table, expiry in expiring:
+        for table, expired in expiring:
             while True:
-                count = self._purge_batch(table, expiry <= now, batch)
+                count = self._purge_batch(table, expired, batch)
                 removed += count
                 if count < batch:
                     break

@@ -154,6 +154,26 @@ def test_purge_removes_only_expired_rows(store: Store) -> None:
     assert store.consume_code(digest("new"), now) is not None
 
 
+def test_a_redeemed_code_outlives_its_expiry_while_its_tokens_are_stored(store: Store) -> None:
+    """A replay must still find the code to revoke what it issued (RFC 6749 §4.1.2)."""
+    store.save_code(code_record("issued"))
+    assert store.consume_code(digest("issued"), NOW) is not None
+    token = TokenRecord(
+        digest("at-of-issued"), "rp", "U", "openid", NOW, NOW + 3600, NOW,
+        code_digest=digest("issued"),
+    )  # fmt: skip
+    store.save_token(token)
+    later = NOW + 61  # the code has expired, its token has not
+    assert store.purge_expired(later) == 0
+    assert store.code_was_used(digest("issued"))  # a replay now is recognised...
+    store.revoke_tokens_of_code(digest("issued"))
+    revoked = store.get_token(token.token_digest)
+    assert revoked is not None and revoked.revoked  # ...and revokes what it issued
+    # Once its token has expired, both go in one purge (tokens first).
+    assert store.purge_expired(NOW + 3601) == 2
+    assert not store.code_was_used(digest("issued"))
+
+
 def test_driver_errors_become_storage_errors(tmp_path: Path) -> None:
     broken = SQLStore(f"sqlite:///{tmp_path / 'missing-dir' / 'x.sqlite3'}")
     with pytest.raises(StorageError):
