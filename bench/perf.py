@@ -184,6 +184,14 @@ class Bench:
             token: str = json.loads(response.read())["access_token"]
         return token
 
+    def probe_speed(self, phase: str) -> None:
+        """The machine's speed at the start of a phase: one core's RS256 signatures in a
+        second. A shared machine's speed drifts; phases measured at different speeds
+        make ratios between them less exact, and the report says by how much."""
+        rate = ceiling.signing_rates("RS256", seconds=1.0)["sign"]
+        self.results.setdefault("speed", {})[phase] = rate
+        self.say(f"machine speed before {phase}: {rate:.0f} RS256 signatures/s on one core")
+
     # ------------------------------------------------------------------ phases
 
     def run_ceiling(self) -> None:
@@ -415,10 +423,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         began = time.monotonic()
         try:
+            bench.probe_speed("ceiling")
             bench.run_ceiling()
+            bench.probe_speed("broker")
             bench.run_broker()
             if not args.no_peer:
+                bench.probe_speed("peer")
                 bench.run_peer()
+            bench.probe_speed("end")
         except BaseException:
             print(f"logs kept in {work / 'logs'}", file=sys.stderr)
             stack.pop_all()  # keep the scratch directory for the post-mortem

@@ -253,6 +253,12 @@ def table(results: Mapping[str, Any]) -> str:
             lines.append(_row(f"  token {alg} (code redemption)", run, ceil["ceiling"].get(alg)))
         for name in ("userinfo", "jwks", "discovery"):
             lines.append(_row(f"  {name}", peer.get(name), bare))
+    speed = results.get("speed") or {}
+    if speed:
+        low, high = min(speed.values()), max(speed.values())
+        lines += ["", "machine speed (RS256 signatures/s on one core) before each phase: "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in speed.items())
+                  + f"; spread {high / low - 1:.0%}" if low else ""]  # fmt: skip
     memory = results.get("peak_rss_mb") or {}
     if memory:
         lines += ["", "peak memory (VmHWM, MiB): "
