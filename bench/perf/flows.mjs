@@ -88,9 +88,8 @@ class Browser {
 
 const query = (params) => new URLSearchParams(params).toString()
 
-// authorize -> QQ (emulator, auto-login) -> /qq/callback -> code
-async function brokerCode (browser, clientId) {
-  browser.clearCookies() // a new browser: no broker session, so QQ is asked every time
+// The same authorization request for both servers: code + PKCE (S256) + state + nonce.
+function authorizationRequest (clientId) {
   const { verifier, challenge } = pkce()
   const state = b64url(randomBytes(12))
   const params = {
@@ -103,6 +102,13 @@ async function brokerCode (browser, clientId) {
     code_challenge: challenge,
     code_challenge_method: 'S256',
   }
+  return { params, state, verifier }
+}
+
+// authorize -> QQ (emulator, auto-login) -> /qq/callback -> code
+async function brokerCode (browser, clientId) {
+  browser.clearCookies() // a new browser: no broker session, so QQ is asked every time
+  const { params, state, verifier } = authorizationRequest(clientId)
   const qq = await browser.redirect('GET', `${cfg.issuer}/authorize?${query(params)}`, {}, 'authorize')
   const callback = await browser.redirect('GET', qq, {}, 'qq authorize')
   const back = await browser.redirect('GET', callback, {}, 'qq callback')
@@ -112,18 +118,7 @@ async function brokerCode (browser, clientId) {
 // oidc-provider: auth -> interaction (logs in and consents, bench/peer/provider.mjs) -> auth
 async function peerCode (browser, clientId) {
   browser.clearCookies()
-  const { verifier, challenge } = pkce()
-  const state = b64url(randomBytes(12))
-  const params = {
-    response_type: 'code',
-    client_id: clientId,
-    redirect_uri: cfg.redirect_uri,
-    scope: cfg.scope ?? 'openid profile',
-    state,
-    nonce: b64url(randomBytes(12)),
-    code_challenge: challenge,
-    code_challenge_method: 'S256',
-  }
+  const { params, state, verifier } = authorizationRequest(clientId)
   let url = await browser.redirect('GET', `${cfg.issuer}/auth?${query(params)}`, {}, 'auth')
   url = await browser.redirect('GET', url, {}, 'interaction')
   const back = await browser.redirect('GET', url, {}, 'resume')
