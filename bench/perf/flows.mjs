@@ -189,6 +189,17 @@ async function mint (codeFor) {
   return summary(latencies, errors, performance.now() - began)
 }
 
+// One complete login (authorize -> QQ -> callback -> token): its latency, or its error.
+async function timedLogin (browser, latencies, errors) {
+  const t = performance.now()
+  try {
+    await redeem(browser, cfg.client_id, await brokerCode(browser, cfg.client_id))
+    latencies.push(performance.now() - t)
+  } catch (err) {
+    errors.push(String(err.message ?? err))
+  }
+}
+
 async function logins () {
   const errors = []
   const latencies = []
@@ -197,13 +208,7 @@ async function logins () {
   const worker = async () => {
     const browser = new Browser()
     while (performance.now() < stopAt) {
-      const t = performance.now()
-      try {
-        await redeem(browser, cfg.client_id, await brokerCode(browser, cfg.client_id))
-        latencies.push(performance.now() - t)
-      } catch (err) {
-        errors.push(String(err.message ?? err))
-      }
+      await timedLogin(browser, latencies, errors)
     }
     browser.close()
   }
@@ -217,15 +222,8 @@ async function burst () {
   const began = performance.now()
   await Promise.all(Array.from({ length: cfg.count }, async () => {
     const browser = new Browser()
-    const t = performance.now()
-    try {
-      await redeem(browser, cfg.client_id, await brokerCode(browser, cfg.client_id))
-      latencies.push(performance.now() - t)
-    } catch (err) {
-      errors.push(String(err.message ?? err))
-    } finally {
-      browser.close()
-    }
+    await timedLogin(browser, latencies, errors)
+    browser.close()
   }))
   return summary(latencies, errors, performance.now() - began)
 }

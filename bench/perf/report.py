@@ -49,6 +49,12 @@ def ceiling_rate(bare: float, sign: float) -> float:
     return 1.0 / (1.0 / bare + 1.0 / sign) if bare and sign else 0.0
 
 
+def _worst(values: Mapping[str, float]) -> tuple[str, float]:
+    """The run with the highest value, and that value."""
+    name = max(values, key=lambda k: values[k])
+    return name, values[name]
+
+
 def targets(results: Mapping[str, Any]) -> list[Target]:
     ours, peer, ceil = results["broker"], results.get("peer") or {}, results["ceiling"]
     found: list[Target] = []
@@ -124,13 +130,13 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
         if run.get("usage") and name != "logins 500 at 200 ms"
     }
     if idle:
-        worst_name = max(idle, key=lambda k: idle[k])
+        name, unused = _worst(idle)
         found.append(
             Target(
                 "no run leaves a core idle (default serve settings)",
-                idle[worst_name] <= IDLE_CORE,
-                f"most unused: {idle[worst_name]:.2f} of {cores} cores in '{worst_name}' "
-                f"(its processes used {cores - idle[worst_name]:.2f})",
+                unused <= IDLE_CORE,
+                f"most unused: {unused:.2f} of {cores} cores in '{name}' "
+                f"(its processes used {cores - unused:.2f})",
             )
         )
     tails = {
@@ -139,12 +145,12 @@ def targets(results: Mapping[str, Any]) -> list[Target]:
         if run.get("p50_ms") and name != "logins 500 at 200 ms"
     }
     if tails:
-        worst_name = max(tails, key=lambda k: tails[k])
+        name, tail = _worst(tails)
         found.append(
             Target(
                 f"p99 <= {P99_OVER_P50:.0f}x p50 (every steady-state broker run)",
-                tails[worst_name] <= P99_OVER_P50,
-                f"worst {tails[worst_name]:.1f}x in '{worst_name}'",
+                tail <= P99_OVER_P50,
+                f"worst {tail:.1f}x in '{name}'",
             )
         )
     slow = ours.get("slow_logins")
