@@ -62,29 +62,33 @@ def _describe(exc: Exception) -> str:
     host and port, never the password); never the SQL or its parameters."""
     name = type(exc).__name__
     orig = exc.orig if isinstance(exc, sa.exc.OperationalError) else None
-    if orig is None and isinstance(exc, _DRIVER_ERRORS):  # the prepared statements' path
-        orig = exc if "operational" in name.lower() else None
+    if isinstance(exc, _DRIVER_OPERATIONAL_ERRORS):  # the prepared statements' path
+        orig = exc
     if orig is not None:
         first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
         return f"{name} ({first[:200]})" if first else name
     return name
 
 
-def _driver_errors() -> tuple[type[Exception], ...]:
-    """The drivers' own base errors: raised by the prepared statements (prepared.py),
-    which run on the driver's cursor without SQLAlchemy wrapping them."""
+def _driver_modules() -> list[Any]:
+    """The drivers whose own errors the prepared statements (prepared.py) raise: they run
+    on the driver's cursor, without SQLAlchemy wrapping the errors."""
     import sqlite3
 
-    errors: list[type[Exception]] = [sqlite3.Error]
     try:
         import psycopg
     except ImportError:  # pragma: no cover - psycopg is a dependency
-        return tuple(errors)
-    return (*errors, psycopg.Error)
+        return [sqlite3]
+    return [sqlite3, psycopg]
 
 
-_DRIVER_ERRORS = _driver_errors()
-_STORAGE_ERRORS: tuple[type[Exception], ...] = (sa.exc.SQLAlchemyError, *_DRIVER_ERRORS)
+_DRIVER_OPERATIONAL_ERRORS: tuple[type[Exception], ...] = tuple(
+    module.OperationalError for module in _driver_modules()
+)
+_STORAGE_ERRORS: tuple[type[Exception], ...] = (
+    sa.exc.SQLAlchemyError,
+    *(module.Error for module in _driver_modules()),
+)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -548,11 +552,8 @@ class SQLStore:
 
     @_guarded
     def revoke_access_token(self, token_digest: str) -> None:
-        table = schema.tokens
         with self._begin() as conn:
-            conn.execute(
-                sa.update(table).where(table.c.token_digest == token_digest).values(revoked=True)
-            )
+            conn.execute(_REVOKE_TOKEN, {"key": token_digest})
 
     @_guarded
     def revoke_tokens_of_code(self, code_digest: str) -> None:
